@@ -1,0 +1,569 @@
+"""YAML -> a frozen, fully validated Config. Every error names the file, the line and the key.
+
+Loading is all or nothing: ``load_config`` either returns a Config whose clients' options were
+validated by their plugins and whose regexes are compiled, or raises ConfigError listing every
+problem it found (not only the first). It reads files, so call it off the event loop.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+
+from .durations import Duration
+from .events import ROUTES
+from .plugins import PluginRegistry
+
+Path_ = tuple[str | int, ...]
+
+DEFAULT_LISTEN = "127.0.0.1:8970"
+
+
+# --- problems -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """An invalid configuration; ``problems`` lists everything wrong with it."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def format_key(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def closest(word: str, choices: Sequence[str]) -> str:
+    """' (did you mean 'x'?)' for the nearest choice, or ''."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if not match:
+        lower = {c.lower(): c for c in choices}
+        if word.lower() in lower:
+            match = [lower[word.lower()]]
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+class _Collector:
+    """Gathers problems against one file, placing each key on its line."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.lines: dict[Path_, int] = {}
+        self.problems: list[Problem] = []
+
+    def line_of(self, path: Path_) -> int | None:
+        path = tuple(path)
+        while path not in self.lines and path:
+            path = path[:-1]
+        return self.lines.get(path)
+
+    def add(self, path: Path_, message: str) -> None:
+        self.problems.append(Problem(self.file, self.line_of(path), format_key(path), message))
+
+
+# --- YAML with line numbers and ${...} substitution -------------------------------------------
+
+_SUBST = re.compile(r"\$\$|\$\{([^}]*)\}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _substitute(text: str, path: Path_, base_dir: Path, out: _Collector) -> str:
+    if "$" not in text:
+        return text
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        expr = m.group(1).strip()
+        if expr.startswith("file:"):
+            target = Path(os.path.expanduser(expr[5:].strip()))
+            if not target.is_absolute():
+                target = base_dir / target
+            try:
+                return target.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                out.add(path, f"cannot read {target} for ${{file:...}}: {reason}")
+                return ""
+        name, sep, default = expr.partition(":-")
+        if not _ENV_NAME.fullmatch(name):
+            out.add(path, f"'${{{expr}}}' is not a variable reference: use ${{NAME}}, ${{NAME:-default}} or ${{file:PATH}} (write $$ for a literal $)")
+            return ""
+        if name in os.environ:
+            return os.environ[name]
+        if sep:
+            return default
+        out.add(path, f"environment variable {name} is not set (set it, or give a default: ${{{name}:-value}})")
+        return ""
+
+    # "$2a$11$..." bcrypt hashes hold lone '$' signs: only "${" and "$$" are special.
+    if "${" not in text and "$$" not in text:
+        return text
+    return _SUBST.sub(one, text)
+
+
+def _to_python(node: yaml.Node, loader: yaml.SafeLoader, path: Path_, base_dir: Path, out: _Collector) -> Any:
+    out.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                out.lines[path] = key_node.start_mark.line + 1
+                out.add(path, "a key must be a plain word, not a list or mapping")
+                continue
+            key = str(loader.construct_object(key_node))
+            child = (*path, key)
+            out.lines[child] = key_node.start_mark.line + 1
+            if key in result:
+                out.add(child, "this key appears twice in the same mapping; keep one")
+                continue
+            result[key] = _to_python(value_node, loader, child, base_dir, out)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, loader, (*path, i), base_dir, out) for i, item in enumerate(node.value)]
+    value = loader.construct_object(node)
+    if isinstance(value, str):
+        value = _substitute(value, path, base_dir, out)
+    return value
+
+
+def _read_yaml(text: str, file: str, base_dir: Path, out: _Collector) -> Any:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        what = " ".join(x for x in (exc.context, exc.problem) if x)
+        out.problems.append(Problem(file, line, "", f"not valid YAML: {what}"))
+        return None
+    except yaml.YAMLError as exc:
+        out.problems.append(Problem(file, None, "", f"not valid YAML: {exc}"))
+        return None
+    finally:
+        loader.dispose()
+    if node is None:
+        return {}
+    return _to_python(node, loader, (), base_dir, out)
+
+
+# --- values -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One address the intake listens on: TCP ``host:port`` or ``unix:/path``."""
+
+    host: str | None = None
+    port: int | None = None
+    unix_path: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Listener:
+        text = text.strip()
+        if text.startswith("unix:"):
+            path = text[5:]
+            if not path:
+                raise ValueError("unix: needs a socket path, e.g. unix:/run/figrelay/intake.sock")
+            return cls(unix_path=path)
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise ValueError(f"{text!r} is not host:port or unix:/path (e.g. 127.0.0.1:8970)")
+        host = host.strip("[]")
+        port = int(port_text)
+        if port > 65535:
+            raise ValueError(f"port {port} is out of range (0-65535)")
+        return cls(host=host or "0.0.0.0", port=port)
+
+    @property
+    def is_local(self) -> bool:
+        """True for a unix socket or a loopback address: only this machine can reach it."""
+        if self.unix_path is not None:
+            return True
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host or "").is_loopback
+        except ValueError:
+            return False
+
+    def __str__(self) -> str:
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        return f"[{self.host}]:{self.port}" if ":" in (self.host or "") else f"{self.host}:{self.port}"
+
+
+_BCRYPT_HASH = re.compile(r"\$2[abxy]\$\d{2}\$[./A-Za-z0-9]{53}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IntakeSettings(_Strict):
+    hashed_secret: SecretStr | None = None
+    secret: SecretStr | None = None
+    forward_test_events: bool = False
+    max_body_bytes: int = 1024 * 1024
+
+    @field_validator("hashed_secret")
+    @classmethod
+    def _bcrypt(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not _BCRYPT_HASH.fullmatch(v.get_secret_value().strip()):
+            raise ValueError("is not a BCrypt hash; paste the 60-character '$2a$11$...' text Fig's web app shows, or use 'secret:' for the plain secret")
+        return v
+
+    @field_validator("max_body_bytes")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1024:
+            raise ValueError("must be at least 1024 bytes")
+        return v
+
+
+class DeliverySettings(_Strict):
+    max_age: Duration = 24 * 3600
+    """A delivery still failing this long after it was accepted becomes a dead letter."""
+    backoff_base: Duration = 2.0
+    backoff_max: Duration = 3600.0
+    attempt_timeout: Duration = 60.0
+    """A plugin's deliver() is cancelled after this long and counted as a retryable failure."""
+    max_in_flight: int = 4
+    shutdown_timeout: Duration = 10.0
+
+    @field_validator("max_in_flight")
+    @classmethod
+    def _in_flight(cls, v: int) -> int:
+        if not 1 <= v <= 1000:
+            raise ValueError("must be between 1 and 1000")
+        return v
+
+
+class _HookModel(_Strict):
+    event: str
+    client: str
+    client_regex: str = ".*"
+    setting_regex: str | None = None
+    min_sessions: int | None = None
+
+
+class _TopModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    listen: str | list[str] = DEFAULT_LISTEN
+    intake: IntakeSettings = IntakeSettings()
+    state_dir: str = "./state"
+    delivery: DeliverySettings = DeliverySettings()
+    clients: list[Any] = []
+    hooks: list[Any] = []
+
+
+def _valid_top_key(key: str, value: Any) -> bool:
+    if key not in _TopModel.model_fields:
+        return False
+    try:
+        _TopModel.model_validate({key: value})
+    except ValidationError:
+        return False
+    return True
+
+
+# --- the frozen result --------------------------------------------------------------------------
+
+CORE_CLIENT_KEYS = ("name", "type", "max_in_flight")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    name: str
+    type: str
+    options: Any
+    """The plugin's validated options model."""
+    max_in_flight: int
+    fingerprint: str
+    """Equal fingerprints mean an unchanged client across a reload (its target is kept)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HookConfig:
+    index: int
+    event: str
+    client: str
+    client_regex: re.Pattern[str]
+    setting_regex: re.Pattern[str] | None
+    min_sessions: int | None
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    listen: tuple[Listener, ...]
+    intake: IntakeSettings
+    state_dir: Path
+    delivery: DeliverySettings
+    clients: Mapping[str, ClientConfig]
+    hooks: tuple[HookConfig, ...]
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    """Every credential value in the file, so logs and errors can redact them."""
+
+    def summary(self) -> str:
+        listen = ", ".join(str(l) for l in self.listen)
+        return f"{self.path}: {len(self.clients)} clients, {len(self.hooks)} hooks, listening on {listen}"
+
+
+def _pydantic_problems(exc: ValidationError, base: Path_, model: type[BaseModel], out: _Collector) -> None:
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = tuple(err["loc"])
+        # pydantic names the union branch it tried ("str", "list[str]"): drop those from the path
+        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool"))))
+        path = (*base, *loc)
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            allowed = sorted(parent.model_fields) if parent else []
+            key = str(loc[-1])
+            extra_allowed = [k for k in allowed]
+            if base and base[0] == "clients":
+                extra_allowed = sorted({*allowed, *CORE_CLIENT_KEYS})
+            out.add(path, f"unknown key {key!r}{closest(key, extra_allowed)} (allowed: {', '.join(extra_allowed)})")
+        elif err["type"] == "missing":
+            out.add(path, "is required")
+        else:
+            msg = err["msg"]
+            msg = msg.removeprefix("Value error, ")
+            out.add(path, msg[:1].lower() + msg[1:])
+
+
+def _model_at(model: type[BaseModel], loc: Path_) -> type[BaseModel] | None:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        annotation = current.model_fields[part].annotation
+        args = getattr(annotation, "__args__", ())
+        current = next((a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _secret_values(model: Any, names: Sequence[str] = ()) -> set[str]:
+    found: set[str] = set()
+    if isinstance(model, BaseModel):
+        for key in type(model).model_fields:
+            value = getattr(model, key)
+            if isinstance(value, SecretStr):
+                found.add(value.get_secret_value())
+            elif key in names and isinstance(value, str):
+                found.add(value)
+            elif key in names and isinstance(value, dict):
+                found |= {v for v in value.values() if isinstance(v, str)}
+            elif isinstance(value, (BaseModel, dict, list, tuple)):
+                found |= _secret_values(value)
+    elif isinstance(model, dict):
+        for v in model.values():
+            found |= _secret_values(v)
+    elif isinstance(model, (list, tuple)):
+        for v in model:
+            found |= _secret_values(v)
+    return {s for s in found if s}
+
+
+def _compile(pattern: Any, path: Path_, out: _Collector) -> re.Pattern[str] | None:
+    try:
+        return re.compile(str(pattern))
+    except re.error as exc:
+        out.add(path, f"invalid regular expression {pattern!r}: {exc}")
+        return None
+
+
+def _stable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return {k: _stable(getattr(value, k)) for k in type(value).model_fields}
+    if isinstance(value, SecretStr):
+        return ("secret", value.get_secret_value())
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
+    return value
+
+
+def load_config(path: str | os.PathLike[str], registry: PluginRegistry) -> Config:
+    """Read and validate the file at ``path``; raise ConfigError with every problem found."""
+    path = Path(path)
+    file = str(path)
+    out = _Collector(file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([Problem(file, None, "", f"cannot read the configuration: {reason}")]) from None
+    return parse_config(text, path, registry, out)
+
+
+def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collector | None = None) -> Config:
+    out = out or _Collector(str(path))
+    base_dir = path.parent.resolve()
+    data = _read_yaml(text, str(path), base_dir, out)
+    if data is None:
+        raise ConfigError(out.problems)
+    if not isinstance(data, dict):
+        out.add((), "the file must be a mapping with keys such as listen, intake, clients, hooks")
+        raise ConfigError(out.problems)
+
+    try:
+        top = _TopModel.model_validate(data)
+    except ValidationError as exc:
+        _pydantic_problems(exc, (), _TopModel, out)
+        # keep checking the keys that are valid, so one run reports as much as it can
+        top = _TopModel.model_validate({k: v for k, v in data.items() if _valid_top_key(k, v)})
+
+    # listen
+    listen_raw = [top.listen] if isinstance(top.listen, str) else list(top.listen)
+    listeners: list[Listener] = []
+    if not listen_raw:
+        out.add(("listen",), "needs at least one address, e.g. 127.0.0.1:8970")
+    for i, item in enumerate(listen_raw):
+        key: Path_ = ("listen",) if isinstance(top.listen, str) else ("listen", i)
+        try:
+            listeners.append(Listener.parse(item))
+        except ValueError as exc:
+            out.add(key, str(exc))
+
+    intake = top.intake
+    if intake.secret is not None and intake.hashed_secret is not None:
+        out.add(("intake",), "set either 'secret' or 'hashed_secret', not both")
+    if intake.secret is not None and not intake.secret.get_secret_value():
+        out.add(("intake", "secret"), "is empty; remove it or give the secret")
+    if intake.secret is None and intake.hashed_secret is None:
+        remote = [str(l) for l in listeners if not l.is_local]
+        if remote:
+            out.add(
+                ("intake",),
+                f"no secret is configured but figrelay listens on {', '.join(remote)}, which other machines can reach; "
+                "set intake.hashed_secret (the hash Fig's web app shows) or intake.secret, or listen on a loopback address or unix socket",
+            )
+
+    state_dir = Path(os.path.expanduser(top.state_dir))
+    if not state_dir.is_absolute():
+        state_dir = base_dir / state_dir
+
+    # clients
+    clients: dict[str, ClientConfig] = {}
+    secrets = _secret_values(intake)
+    for i, raw in enumerate(top.clients):
+        cpath: Path_ = ("clients", i)
+        if not isinstance(raw, dict):
+            out.add(cpath, "each client must be a mapping with at least 'name' and 'type'")
+            continue
+        name = raw.get("name")
+        type_name = raw.get("type")
+        ok = True
+        if not isinstance(name, str) or not name.strip():
+            out.add((*cpath, "name"), "is required: a unique name for this client, used by hooks" if name is None else "must be a non-empty string")
+            ok = False
+        elif name in clients:
+            out.add((*cpath, "name"), f"duplicate client name {name!r}; client names must be unique")
+            ok = False
+        if not isinstance(type_name, str):
+            out.add((*cpath, "type"), f"is required: one of the installed client types ({', '.join(registry.type_names()) or 'none installed'})")
+            continue
+        client_type = registry.client_types.get(type_name)
+        if client_type is None:
+            installed = ", ".join(registry.type_names()) or "none"
+            out.add((*cpath, "type"), f"unknown client type {type_name!r}{closest(type_name, registry.type_names())} (installed: {installed}; `figrelay plugins` lists them)")
+            continue
+        max_in_flight = raw.get("max_in_flight", top.delivery.max_in_flight)
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= 1000:
+            out.add((*cpath, "max_in_flight"), "must be a whole number between 1 and 1000")
+            ok = False
+        plugin_raw = {k: v for k, v in raw.items() if k not in CORE_CLIENT_KEYS}
+        try:
+            options = client_type.options.model_validate(plugin_raw)
+        except ValidationError as exc:
+            _pydantic_problems(exc, cpath, client_type.options, out)
+            continue
+        except Exception as exc:  # a plugin's validator that raised something else
+            out.add(cpath, f"the {type_name!r} plugin could not check these options: {type(exc).__name__}: {exc}")
+            continue
+        secrets |= _secret_values(options, client_type.secret_options)
+        if ok:
+            fingerprint = repr((type_name, max_in_flight, _stable(options)))
+            clients[name] = ClientConfig(name, type_name, options, max_in_flight, fingerprint)
+
+    # hooks
+    hooks: list[HookConfig] = []
+    known_clients = {raw.get("name") for raw in top.clients if isinstance(raw, dict)}
+    for i, raw_hook in enumerate(top.hooks):
+        hpath: Path_ = ("hooks", i)
+        try:
+            hook = _HookModel.model_validate(raw_hook)
+        except ValidationError as exc:
+            _pydantic_problems(exc, hpath, _HookModel, out)
+            continue
+        valid = True
+        if hook.event not in ROUTES:
+            out.add((*hpath, "event"), f"unknown event {hook.event!r}{closest(hook.event, ROUTES)} (one of: {', '.join(ROUTES)})")
+            valid = False
+        if hook.client not in known_clients:
+            names = sorted(n for n in known_clients if isinstance(n, str))
+            out.add((*hpath, "client"), f"no client is named {hook.client!r}{closest(hook.client, names)} (clients: {', '.join(names) or 'none defined'})")
+            valid = False
+        client_re = _compile(hook.client_regex, (*hpath, "client_regex"), out)
+        setting_re = None
+        if hook.setting_regex is not None:
+            if hook.event != "SettingValueChanged":
+                out.add((*hpath, "setting_regex"), "applies only to SettingValueChanged hooks; remove it")
+                valid = False
+            elif hook.setting_regex == "":
+                out.add((*hpath, "setting_regex"), "is blank, which in Fig matches no setting; use '.*' for every setting")
+                valid = False
+            setting_re = _compile(hook.setting_regex, (*hpath, "setting_regex"), out)
+        elif hook.event == "SettingValueChanged":
+            setting_re = re.compile(".*")
+        if hook.min_sessions is not None:
+            if hook.event != "MinRunSessions":
+                out.add((*hpath, "min_sessions"), "applies only to MinRunSessions hooks; remove it")
+                valid = False
+            elif hook.min_sessions < 1:
+                out.add((*hpath, "min_sessions"), f"must be at least 1, got {hook.min_sessions}")
+                valid = False
+        if valid and client_re is not None and (hook.setting_regex is None or setting_re is not None):
+            hooks.append(HookConfig(i, hook.event, hook.client, client_re, setting_re, hook.min_sessions, out.line_of(hpath)))
+
+    if out.problems:
+        raise ConfigError(out.problems)
+    return Config(
+        path=path,
+        listen=tuple(listeners),
+        intake=intake,
+        state_dir=state_dir,
+        delivery=top.delivery,
+        clients=clients,
+        hooks=tuple(hooks),
+        secrets=frozenset(secrets),
+    )

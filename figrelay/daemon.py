@@ -1,0 +1,161 @@
+"""Wiring and lifecycle of the daemon: start, serve, reload on SIGHUP, stop gracefully.
+
+Start: plugins, configuration (refusing to start on an invalid one), outbox, sessions, targets,
+dispatcher (resuming what was pending), then the listeners. Stop (SIGTERM/SIGINT): close the
+listeners and finish the requests in progress, give deliveries in flight
+``delivery.shutdown_timeout`` to finish, keep the rest pending for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from . import __version__
+from .config import ConfigError, Listener
+from .dispatch import Dispatcher, Routing
+from .intake import Intake
+from .logs import redactor
+from .outbox import Outbox, OutboxError
+from .plugins import PluginRegistry
+from .reload import ConfigHolder, LiveConfig, watch_config
+from .server import create_app
+from .sessions import SessionTracker
+
+log = logging.getLogger("figrelay")
+
+OUTBOX_FILE = "outbox.sqlite3"
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def routing_of(live: LiveConfig) -> Routing:
+    return Routing(
+        settings=live.config.delivery,
+        targets=live.targets,
+        limits={name: c.max_in_flight for name, c in live.config.clients.items()},
+    )
+
+
+def bind(listener: Listener) -> socket.socket:
+    try:
+        if listener.unix_path is not None:
+            path = Path(listener.unix_path)
+            if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
+                path.unlink()  # a stale socket from a previous run
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(path))
+            os.chmod(path, 0o660)
+        else:
+            family = socket.AF_INET6 if ":" in (listener.host or "") else socket.AF_INET
+            sock = socket.create_server((listener.host or "0.0.0.0", listener.port or 0), family=family, backlog=1024)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {listener}: {exc.strerror or exc}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def describe(sock: socket.socket) -> str:
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname()}"
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set). Raises ConfigError or StartupError."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    ready = False
+    started = time.monotonic()
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    connector = aiohttp.TCPConnector(limit=200, limit_per_host=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector, headers={"User-Agent": f"figrelay/{__version__}"}) as http:
+        holder = ConfigHolder(config_path, registry, http)
+        holder.listeners.append(lambda live, old, removed: redactor.update(live.config.secrets))
+        live = await holder.load()
+        config = live.config
+
+        outbox = Outbox(config.state_dir / OUTBOX_FILE)
+        try:
+            await outbox.open()
+        except OutboxError as exc:
+            await holder.close()
+            raise StartupError(f"{exc} (check state_dir in {config_path})") from None
+        try:
+            sessions = SessionTracker(await outbox.sessions())
+            dispatcher = Dispatcher(outbox, routing_of(live))
+
+            def on_swap(new: LiveConfig, old: LiveConfig | None, removed: tuple[str, ...]) -> None:
+                dispatcher.set_routing(routing_of(new))
+                for client in removed:
+                    loop.create_task(_retire_client(outbox, client))
+
+            holder.listeners.append(on_swap)
+
+            pending = await outbox.pending_schedule()
+            orphans = sorted({client for _, client, _ in pending if client not in config.clients})
+            for client in orphans:
+                await _retire_client(outbox, client)
+            dispatcher.schedule(p for p in pending if p[1] in config.clients)
+            if pending:
+                log.info("resuming %d pending deliveries", sum(1 for p in pending if p[1] in config.clients))
+
+            intake = Intake(holder, sessions, outbox, dispatcher)
+            app = create_app(intake, holder, lambda: ready)
+            runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.delivery.shutdown_timeout)
+            await runner.setup()
+            try:
+                sockets = [bind(listener) for listener in config.listen]
+                for sock in sockets:
+                    await web.SockSite(runner, sock).start()
+                    log.info("listening on %s", describe(sock))
+
+                loop.add_signal_handler(signal.SIGTERM, stop.set)
+                loop.add_signal_handler(signal.SIGINT, stop.set)
+                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(holder.reload("SIGHUP")))
+                state_dir = config.state_dir.resolve()
+                watcher = loop.create_task(watch_config(holder, ignore=lambda p: state_dir in p.resolve().parents or p.resolve() == state_dir))
+                ready = True
+                log.info(
+                    "figrelay %s ready in %.2fs: %s; %d sessions tracked",
+                    __version__, time.monotonic() - started, config.summary(), sessions.total(),
+                )
+                await stop.wait()
+                ready = False
+                log.info("stopping: no new events; finishing requests in progress")
+                watcher.cancel()
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+            finally:
+                await runner.cleanup()
+            grace = holder.current.config.delivery.shutdown_timeout
+            cancelled = await dispatcher.stop(grace)
+            if cancelled:
+                log.info("%d deliveries were still in flight after %gs; they stay pending for the next start", cancelled, grace)
+            await holder.close()
+        finally:
+            await outbox.close()
+    log.info("stopped")
+
+
+async def _retire_client(outbox: Outbox, client: str) -> None:
+    count = await outbox.kill_client(client, f"client {client!r} was removed from the configuration")
+    if count:
+        log.warning("%d pending deliveries of removed client %r are now dead letters", count, client)
+
+
+__all__ = ["serve", "StartupError", "ConfigError"]

@@ -1,0 +1,202 @@
+"""What a delivery plugin works with: the delivery it is handed, the outcome it returns, and the
+client type it registers. Also the retry rules every HTTP-based target shares (DELIVERY.md), so a
+plugin classifies responses the same way the built-in ones do.
+
+Nothing here knows a particular target.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from .events import FigEvent
+
+__all__ = [
+    "ClientOptions",
+    "ClientContext",
+    "ClientType",
+    "Target",
+    "Delivery",
+    "Outcome",
+    "Delivered",
+    "Retry",
+    "Failed",
+    "RETRYABLE_STATUSES",
+    "outcome_for_status",
+    "parse_retry_after",
+    "redact_url",
+    "body_excerpt",
+]
+
+
+class ClientOptions(BaseModel):
+    """Base for a client type's options: immutable, and an unknown key is an error.
+
+    A plugin subclasses it and declares its keys as typed fields; figrelay validates a client's
+    YAML against it at load time, so ``figrelay check`` reports a bad target before it is used.
+    Use ``pydantic.SecretStr`` for credentials so they never appear in a log or an error.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event on its way to one client. ``id`` stays the same across retries and restarts,
+    so a receiver can use it to drop duplicates."""
+
+    id: str
+    client: str
+    event: FigEvent
+    body: bytes
+    """The event in Fig's exact wire format (after the hook's setting filter)."""
+    attempt: int
+    """1 on the first try."""
+    created_at: float
+    """Unix time at which the intake accepted the event."""
+
+    @property
+    def route(self) -> str:
+        return self.event.route
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The target took the event."""
+
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A failure worth trying again (network, timeout, 408/425/429/5xx, a 4xx from SMTP ...).
+
+    ``retry_after`` is the number of seconds the target asked to wait, if it said; figrelay never
+    retries sooner, and holds back the client's other deliveries for as long.
+    """
+
+    reason: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A failure that retrying will not mend (400, 401, 404, a 5xx from SMTP ...): a dead letter."""
+
+    reason: str
+
+
+Outcome = Delivered | Retry | Failed
+
+
+@runtime_checkable
+class Target(Protocol):
+    """A configured client, ready to deliver. One instance lives as long as its configuration."""
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        """Send one delivery and say how it went. May raise; an exception counts as a Retry."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the target holds (connections, timers)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClientContext:
+    """What figrelay hands a client type when it opens a target."""
+
+    name: str
+    options: Any
+    """The validated instance of the client type's ``options`` model."""
+    http: aiohttp.ClientSession
+    """The process-wide HTTP session: share it, do not close it."""
+    logger: logging.Logger
+    state_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ClientType:
+    """A kind of delivery target that a plugin provides, registered by ``figrelay_client_types``."""
+
+    name: str
+    """The value of ``type:`` in a client's YAML, e.g. ``http``."""
+    options: type[ClientOptions]
+    open: Callable[[ClientContext], Target]
+    """Builds a target for one configured client; must not block or do I/O."""
+    description: str = ""
+    secret_options: tuple[str, ...] = field(default=())
+    """Option names whose values are credentials besides SecretStr fields (e.g. a webhook URL)."""
+
+
+# --- shared retry rules -----------------------------------------------------------------------
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def body_excerpt(body: bytes | str, limit: int = 200) -> str:
+    """The first bytes of a response body, on one line, for an error message."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def outcome_for_status(status: int, headers: Mapping[str, str], body: bytes | str = b"") -> Outcome:
+    """The outcome of an HTTP response by DELIVERY.md's rules: 2xx delivered; 408, 425, 429 and
+    5xx retried (honouring Retry-After); anything else, 3xx included, permanent."""
+    if 200 <= status < 300:
+        return Delivered(f"HTTP {status}")
+    excerpt = body_excerpt(body)
+    reason = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
+    if status in RETRYABLE_STATUSES:
+        return Retry(reason, parse_retry_after(headers.get("Retry-After")))
+    return Failed(reason)
+
+
+def redact_url(url: str) -> str:
+    """A URL safe to log: scheme, host and port only, the path and query replaced by ``…``.
+
+    Slack webhook paths and Teams ``sig=`` queries are credentials in themselves.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+    except ValueError:
+        return "<invalid URL>"
+    tail = "/…" if (parts.path.strip("/") or parts.query) else "/"
+    return urlunsplit((parts.scheme, host, tail, "", ""))

@@ -1,0 +1,209 @@
+"""The live configuration and its reloads (file change or SIGHUP).
+
+A reload reads and fully validates the file (plugin options included) off the event loop, opens
+targets for new or changed clients, then swaps one reference: an event is matched against the old
+configuration or the new one, never a mix. An invalid file is logged with every error and the
+running configuration stays; a later good file is picked up as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from .auth import SecretChecker
+from .config import Config, ConfigError, Problem, load_config
+from .delivery import ClientContext, Target
+from .plugins import PluginRegistry
+from .rules import Rules
+
+log = logging.getLogger("figrelay.reload")
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """Everything derived from one configuration file, built once per (re)load."""
+
+    config: Config
+    rules: Rules
+    checker: SecretChecker
+    targets: Mapping[str, Target]
+    generation: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    applied: bool
+    reason: str
+    problems: tuple[Problem, ...] = ()
+    removed_clients: tuple[str, ...] = ()
+    summary: str = ""
+
+
+SwapListener = Callable[[LiveConfig, LiveConfig | None, tuple[str, ...]], object]
+
+
+@dataclass
+class ConfigHolder:
+    path: Path
+    registry: PluginRegistry
+    http: aiohttp.ClientSession
+    listeners: list[SwapListener] = field(default_factory=list)
+    _current: LiveConfig | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
+    last_reload_ok: bool = True
+    _seen_digest: str = ""
+
+    @property
+    def current(self) -> LiveConfig:
+        assert self._current is not None, "the configuration is not loaded yet"
+        return self._current
+
+    async def load(self) -> LiveConfig:
+        """The first load; raises ConfigError."""
+        async with self._lock:
+            config, digest = await asyncio.to_thread(self._read)
+            live = self._build(config, digest, None)
+            self._swap(live, None)
+            return live
+
+    def _read(self) -> tuple[Config, str]:
+        try:
+            digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        except OSError:
+            digest = ""
+        return load_config(self.path, self.registry), digest
+
+    def file_changed(self) -> bool:
+        """Blocking: whether the file's bytes differ from those last applied or rejected."""
+        try:
+            digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        except OSError:
+            return True
+        return digest != self._seen_digest
+
+    async def reload(self, reason: str) -> ReloadResult:
+        async with self._lock:
+            old = self.current
+            try:
+                config, digest = await asyncio.to_thread(self._read)
+                self._seen_digest = digest
+                live = self._build(config, digest, old)
+            except ConfigError as exc:
+                self.last_reload_ok = False
+                log.error(
+                    "reload (%s) rejected; still serving the previous configuration. Problems:\n%s",
+                    reason, "\n".join(f"  {p}" for p in exc.problems),
+                )
+                return ReloadResult(False, reason, tuple(exc.problems))
+            removed = tuple(sorted(set(old.config.clients) - set(config.clients)))
+            was_bad = not self.last_reload_ok
+            self._swap(live, old)
+            self.last_reload_ok = True
+            for key, then, now in (("listen", old.config.listen, config.listen), ("state_dir", old.config.state_dir, config.state_dir)):
+                if then != now:
+                    log.warning("reload (%s): '%s' changed; restart figrelay to apply it (still using the old value)", reason, key)
+            note = " (the file is valid again)" if was_bad else ""
+            log.info("reload (%s) applied%s: %s", reason, note, _counts(config))
+            return ReloadResult(True, reason, (), removed, config.summary())
+
+    def _build(self, config: Config, digest: str, old: LiveConfig | None) -> LiveConfig:
+        targets: dict[str, Target] = {}
+        problems: list[Problem] = []
+        for name, client in config.clients.items():
+            previous = old.config.clients.get(name) if old else None
+            if old is not None and previous is not None and previous.fingerprint == client.fingerprint:
+                targets[name] = old.targets[name]
+                continue
+            client_type = self.registry.client_types[client.type]
+            context = ClientContext(
+                name=name,
+                options=client.options,
+                http=self.http,
+                logger=logging.getLogger(f"figrelay.client.{name}"),
+                state_dir=config.state_dir,
+            )
+            try:
+                targets[name] = client_type.open(context)
+            except Exception as exc:
+                problems.append(Problem(str(config.path), None, f"clients.{name}", f"the {client.type!r} plugin cannot open it: {type(exc).__name__}: {exc}"))
+        if problems:
+            for name, target in targets.items():
+                if old is None or old.targets.get(name) is not target:
+                    self._close_later(target, 0)
+            raise ConfigError(problems)
+        intake = config.intake
+        secret = intake.secret.get_secret_value() if intake.secret else None
+        hashed = intake.hashed_secret.get_secret_value() if intake.hashed_secret else None
+        checker = old.checker if old is not None and old.checker.same_as(secret, hashed) else SecretChecker(secret, hashed)
+        generation = old.generation + 1 if old else 1
+        self._seen_digest = digest
+        return LiveConfig(config, Rules(config.hooks), checker, targets, generation, digest)
+
+    def _swap(self, live: LiveConfig, old: LiveConfig | None) -> None:
+        self._current = live
+        removed = tuple(sorted(set(old.config.clients) - set(live.config.clients))) if old else ()
+        for listener in self.listeners:
+            listener(live, old, removed)
+        if old is not None:
+            kept = {id(t) for t in live.targets.values()}
+            for target in old.targets.values():
+                if id(target) not in kept:
+                    # deliveries already in flight may still be using it
+                    self._close_later(target, old.config.delivery.attempt_timeout)
+
+    def _close_later(self, target: Target, delay: float) -> None:
+        async def close() -> None:
+            try:
+                if delay:
+                    await asyncio.sleep(delay)
+            finally:
+                try:
+                    await target.aclose()
+                except Exception:
+                    log.exception("closing a replaced target failed")
+
+        task = asyncio.get_running_loop().create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Close every target, including those waiting to close after a reload."""
+        for task in list(self._closing):
+            task.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._current is not None:
+            for target in self._current.targets.values():
+                try:
+                    await target.aclose()
+                except Exception:
+                    log.exception("closing a target failed")
+
+
+def _counts(config: Config) -> str:
+    return f"{len(config.clients)} clients, {len(config.hooks)} hooks"
+
+
+async def watch_config(holder: ConfigHolder, ignore: Callable[[Path], bool] = lambda p: False) -> None:
+    """Reload whenever the file's content changes. Watches the folder, not the file, so editors
+    that write a new file and rename it over the old one (and Kubernetes' symlink swaps) count."""
+    import watchfiles
+
+    folder = holder.path.parent.resolve()
+    name = holder.path.name
+
+    def relevant(change: watchfiles.Change, changed: str) -> bool:
+        path = Path(changed)
+        return not ignore(path) and (path.name == name or path.name.startswith(".."))
+
+    async for _changes in watchfiles.awatch(folder, watch_filter=relevant, debounce=200, step=50, recursive=False):
+        if await asyncio.to_thread(holder.file_changed):
+            await holder.reload("file changed")

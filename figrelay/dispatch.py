@@ -153,6 +153,7 @@ class Dispatcher:
         routing = self._routing
         settings = routing.settings
         attempt = row.attempts + 1
+        retry_at: float | None = None
         try:
             target = routing.targets.get(row.client)
             if target is None:
@@ -165,15 +166,17 @@ class Dispatcher:
                 else:
                     delivery = Delivery(row.id, row.client, event, row.body, attempt, row.created_at)
                     outcome = await self._call(target, delivery, settings)
-            await self._record(lane, row, attempt, outcome, settings)
+            retry_at = await self._record(lane, row, attempt, outcome, settings)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("delivery %s to %s: recording the outcome failed; it stays pending", row.id, row.client)
-            self.schedule([(row.id, row.client, time.time() + settings.backoff_base)])
+            retry_at = time.time() + settings.backoff_base
         finally:
             lane.in_flight.discard(row.id)
             lane.wake.set()
+        if retry_at is not None and not self._stopping and row.client in self._routing.targets:
+            self.schedule([(row.id, row.client, retry_at)])
 
     async def _call(self, target: Target, delivery: Delivery, settings: DeliverySettings) -> Outcome:
         started = time.monotonic()
@@ -192,17 +195,18 @@ class Dispatcher:
         self._observer.attempted(delivery, outcome, time.monotonic() - started)
         return outcome
 
-    async def _record(self, lane: _Lane, row: StoredDelivery, attempt: int, outcome: Outcome, settings: DeliverySettings) -> None:
+    async def _record(self, lane: _Lane, row: StoredDelivery, attempt: int, outcome: Outcome, settings: DeliverySettings) -> float | None:
+        """Store an attempt's outcome; return when to try again, or None."""
         if isinstance(outcome, Delivered):
             await self._outbox.delivered(row.id)
             log.info("delivery %s: %s to %s delivered (%s, attempt %d)", row.id, row.route, row.client, outcome.detail or "ok", attempt)
             self._observer.finished(row, "delivered")
-            return
+            return None
         if isinstance(outcome, Failed):
             await self._outbox.dead(row.id, attempt, outcome.reason)
             log.warning("delivery %s: %s to %s failed for good, kept as a dead letter: %s", row.id, row.route, row.client, outcome.reason)
             self._observer.finished(row, "dead")
-            return
+            return None
         now = time.time()
         delay = backoff_delay(attempt, settings, outcome.retry_after)
         if outcome.retry_after is not None:
@@ -212,12 +216,11 @@ class Dispatcher:
             await self._outbox.dead(row.id, attempt, reason)
             log.warning("delivery %s: %s to %s expired, kept as a dead letter: %s", row.id, row.route, row.client, reason)
             self._observer.finished(row, "dead")
-            return
+            return None
         await self._outbox.retry_later(row.id, attempt, now + delay, outcome.reason)
         log.info("delivery %s: %s to %s failed (attempt %d), retrying in %.1fs: %s", row.id, row.route, row.client, attempt, delay, outcome.reason)
         self._observer.retried(row)
-        if not self._stopping:
-            self.schedule([(row.id, row.client, now + delay)])
+        return now + delay
 
     async def stop(self, timeout: float) -> int:
         """Stop starting deliveries, give those in flight ``timeout`` seconds, cancel the rest

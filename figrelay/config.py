@@ -8,6 +8,7 @@ problem it found (not only the first). It reads files, so call it off the event 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import os
 import re
@@ -75,6 +76,8 @@ class _Collector:
         self.file = file
         self.lines: dict[Path_, int] = {}
         self.problems: list[Problem] = []
+        self.file_values: set[str] = set()
+        """Values read through ${file:...}: credentials by convention, redacted from logs."""
 
     def line_of(self, path: Path_) -> int | None:
         path = tuple(path)
@@ -105,7 +108,9 @@ def _substitute(text: str, path: Path_, base_dir: Path, out: _Collector) -> str:
             if not target.is_absolute():
                 target = base_dir / target
             try:
-                return target.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+                content = target.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+                out.file_values.add(content)
+                return content
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 out.add(path, f"cannot read {target} for ${{file:...}}: {reason}")
@@ -114,8 +119,9 @@ def _substitute(text: str, path: Path_, base_dir: Path, out: _Collector) -> str:
         if not _ENV_NAME.fullmatch(name):
             out.add(path, f"'${{{expr}}}' is not a variable reference: use ${{NAME}}, ${{NAME:-default}} or ${{file:PATH}} (write $$ for a literal $)")
             return ""
-        if name in os.environ:
-            return os.environ[name]
+        value = os.environ.get(name)
+        if value is not None and (value or not sep):
+            return value
         if sep:
             return default
         out.add(path, f"environment variable {name} is not set (set it, or give a default: ${{{name}:-value}})")
@@ -455,15 +461,16 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
             out.add(key, str(exc))
 
     intake = top.intake
+    intake_valid = "intake" not in data or _valid_top_key("intake", data["intake"])
     if intake.secret is not None and intake.hashed_secret is not None:
         out.add(("intake",), "set either 'secret' or 'hashed_secret', not both")
     if intake.secret is not None and not intake.secret.get_secret_value():
         out.add(("intake", "secret"), "is empty; remove it or give the secret")
-    if intake.secret is None and intake.hashed_secret is None:
+    if intake_valid and intake.secret is None and intake.hashed_secret is None:
         remote = [str(l) for l in listeners if not l.is_local]
         if remote:
             out.add(
-                ("intake",),
+                ("intake",) if "intake" in data else ("listen",),
                 f"no secret is configured but figrelay listens on {', '.join(remote)}, which other machines can reach; "
                 "set intake.hashed_secret (the hash Fig's web app shows) or intake.secret, or listen on a loopback address or unix socket",
             )
@@ -474,7 +481,7 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
 
     # clients
     clients: dict[str, ClientConfig] = {}
-    secrets = _secret_values(intake)
+    secrets = _secret_values(intake) | out.file_values
     for i, raw in enumerate(top.clients):
         cpath: Path_ = ("clients", i)
         if not isinstance(raw, dict):
@@ -512,7 +519,8 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
             continue
         secrets |= _secret_values(options, client_type.secret_options)
         if ok:
-            fingerprint = repr((type_name, max_in_flight, _stable(options)))
+            # a digest, so that no secret sits in the ClientConfig's repr
+            fingerprint = hashlib.sha256(repr((type_name, max_in_flight, _stable(options))).encode()).hexdigest()
             clients[name] = ClientConfig(name, type_name, options, max_in_flight, fingerprint)
 
     # hooks

@@ -80,7 +80,7 @@ class HealthStatus(enum.IntEnum):
 
 
 _DATETIME = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?(Z|[+-]\d{2}:\d{2})?"
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})?", re.ASCII
 )
 
 
@@ -104,13 +104,14 @@ class FigDateTime:
         fraction, zone = m.group(7) or "", m.group(8)
         try:
             base = _dt.datetime(year, month, day, hour, minute, second, tzinfo=_dt.timezone.utc)
-        except ValueError as exc:
+            if zone and zone != "Z":
+                sign = 1 if zone[0] == "+" else -1
+                base -= sign * _dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+        except (ValueError, OverflowError) as exc:
             raise ValueError(f"is not a valid date and time ({exc})") from None
-        if zone and zone != "Z":
-            sign = 1 if zone[0] == "+" else -1
-            base -= sign * _dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-        seconds = int((base - _EPOCH).total_seconds())
-        ticks = seconds * 10_000_000 + int(fraction.ljust(7, "0") or 0)
+        seconds = (base - _EPOCH) // _dt.timedelta(seconds=1)
+        # .NET keeps 7 fraction digits (100 ns ticks); further digits are dropped, as Newtonsoft does
+        ticks = seconds * 10_000_000 + int(fraction[:7].ljust(7, "0"))
         return cls(text, ticks)
 
     @classmethod
@@ -188,7 +189,7 @@ def _enum_codec(cls: type[enum.IntEnum]) -> _Codec:
             text = value.strip()
             if text.lower() in by_name:
                 return by_name[text.lower()]
-            if text.isdigit():
+            if text.isascii() and text.isdigit():
                 value = int(text)
         if isinstance(value, int) and not isinstance(value, bool):
             try:
@@ -369,7 +370,11 @@ class FigEvent(_Record):
         text = json.dumps(self._to_wire(), separators=(",", ":"), ensure_ascii=False)
         if "\u0085" in text or "\u2028" in text or "\u2029" in text:
             text = text.replace("\u0085", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-        return text.encode("utf-8")
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            # a lone surrogate ("\ud800" in the JSON received): .NET writes U+FFFD in its place
+            return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
 @_contract

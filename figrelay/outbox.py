@@ -104,6 +104,10 @@ class Outbox:
     def _open_sync(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxError(f"cannot create the state directory {self.path.parent}: {exc.strerror or exc}") from exc
+        conn: sqlite3.Connection | None = None
+        try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
@@ -116,7 +120,11 @@ class Outbox:
                 raise OutboxError(
                     f"{self.path} was written by a newer figrelay (schema {row[0]}, this one knows {SCHEMA_VERSION}); upgrade figrelay"
                 )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OutboxError) as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, OutboxError):
+                raise
             raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from exc
         self._conn = conn
 

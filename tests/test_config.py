@@ -1,0 +1,768 @@
+"""Unit tests for figrelay.config (and figrelay.durations): loading, ${...} substitution, and
+errors that name the file, the line and the key."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from figrelay.config import Config, ConfigError, HookConfig, Listener, Problem, load_config, parse_config
+from figrelay.durations import Duration, parse_duration
+from figrelay.plugins import PluginRegistry, load_plugins
+
+REPO = Path(__file__).resolve().parent.parent
+FIG_HASH = "$2a$11$3xvQfzPYHvedNwRz.DWX8ecezdoiarEEuvAjL9BxBiUiPZ9BC/oYC"
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[PluginRegistry]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("FIGRELAY_PLUGINS", raising=False)
+        reg = load_plugins()
+    assert {"log", "http"} <= set(reg.client_types), reg.failures
+    yield reg
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FR_TEST_SECRET", "FR_TEST_UNSET", "FR_TEST_EMPTY", "FR_TEST_VALUE", "FR_TEST_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+class Loader:
+    def __init__(self, registry: PluginRegistry, tmp_path: Path) -> None:
+        self.registry = registry
+        self.dir = tmp_path / "conf"
+        self.dir.mkdir()
+        self.path = self.dir / "figrelay.yaml"
+
+    def write(self, text: str) -> Path:
+        self.path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+        return self.path
+
+    def load(self, text: str) -> Config:
+        return load_config(self.write(text), self.registry)
+
+    def error(self, text: str) -> ConfigError:
+        with pytest.raises(ConfigError) as err:
+            self.load(text)
+        for p in err.value.problems:
+            assert p.file == str(self.path)
+        return err.value
+
+    def problem(self, text: str, key: str) -> Problem:
+        err = self.error(text)
+        found = [p for p in err.problems if p.key == key]
+        assert found, f"no problem for {key!r} in:\n{err}"
+        return found[0]
+
+
+@pytest.fixture
+def cfg(registry: PluginRegistry, tmp_path: Path) -> Loader:
+    return Loader(registry, tmp_path)
+
+
+BASE = """
+clients:
+  - name: console
+    type: log
+hooks:
+  - event: ClientStatusChanged
+    client: console
+"""
+
+
+def assert_problem(p: Problem, line: int, key: str, *fragments: str) -> None:
+    assert (p.line, p.key) == (line, key), str(p)
+    for fragment in fragments:
+        assert fragment in p.message, f"{fragment!r} not in {p.message!r}"
+    assert str(p) == f"{p.file}:{line}: {key}: {p.message}"
+
+
+# --- the example configuration ------------------------------------------------------------------
+
+
+def test_example_config_loads_cleanly(registry: PluginRegistry) -> None:
+    path = REPO / "config.example.yaml"
+    config = load_config(path, registry)
+    assert config.path == path
+    assert [str(l) for l in config.listen] == ["127.0.0.1:8970"]
+    assert config.state_dir == REPO / "state"
+    assert config.intake.secret is None and config.intake.hashed_secret is None
+    assert config.intake.forward_test_events is False
+    assert config.intake.max_body_bytes == 1048576
+    assert config.delivery.max_age == 24 * 3600
+    assert config.delivery.backoff_base == 2
+    assert config.delivery.backoff_max == 3600
+    assert config.delivery.attempt_timeout == 60
+    assert config.delivery.max_in_flight == 4
+    assert config.delivery.shutdown_timeout == 10
+    assert list(config.clients) == ["console"]
+    console = config.clients["console"]
+    assert (console.type, console.max_in_flight) == ("log", 4)
+    assert console.options.format == "summary"
+    assert [h.event for h in config.hooks] == [
+        "SettingValueChanged",
+        "ClientStatusChanged",
+        "NewClientRegistration",
+        "UpdatedClientRegistration",
+        "HealthStatusChanged",
+        "SecurityEvent",
+        "MinRunSessions",
+        "MinRunSessions",
+    ]
+    assert [h.index for h in config.hooks] == list(range(8))
+    last = config.hooks[-1]
+    assert (last.client_regex.pattern, last.min_sessions) == ("^Orders", 2)
+    assert config.hooks[0].setting_regex is not None and config.hooks[0].setting_regex.pattern == ".*"
+    assert config.hooks[1].setting_regex is None
+    assert all(isinstance(h.line, int) for h in config.hooks)
+    assert config.secrets == frozenset()
+
+
+def test_hook_defaults_and_lines(cfg: Loader) -> None:
+    config = cfg.load(
+        """
+        clients:
+          - name: console
+            type: log
+        hooks:
+          - event: SettingValueChanged
+            client: console
+          - event: MinRunSessions
+            client: console
+            client_regex: ^Orders
+            min_sessions: 1
+        """
+    )
+    first, second = config.hooks
+    assert first == HookConfig(0, "SettingValueChanged", "console", re.compile(".*"), re.compile(".*"), None, 5)
+    assert (second.index, second.min_sessions, second.client_regex.pattern, second.line) == (1, 1, "^Orders", 7)
+
+
+def test_empty_file_gives_defaults(cfg: Loader) -> None:
+    config = cfg.load("")
+    assert [str(l) for l in config.listen] == ["127.0.0.1:8970"]
+    assert config.clients == {} and config.hooks == ()
+    assert config.state_dir == cfg.dir.resolve() / "state"
+
+
+def test_unreadable_config_file(registry: PluginRegistry, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "missing.yaml", registry)
+    assert str(tmp_path / "missing.yaml") in str(err.value)
+    assert "cannot read" in str(err.value)
+
+
+# --- every error names file, line and key ---------------------------------------------------------
+
+
+def test_unknown_top_level_key_with_suggestion(cfg: Loader) -> None:
+    p = cfg.problem("listen: 127.0.0.1:8970\nclinets: []\n", "clinets")
+    assert_problem(p, 2, "clinets", "unknown key 'clinets'", "did you mean 'clients'")
+
+
+def test_unknown_nested_key_with_suggestion(cfg: Loader) -> None:
+    p = cfg.problem("intake:\n  forward_test_events: true\n  secert: hunter2value\n", "intake.secert")
+    assert_problem(p, 3, "intake.secert", "did you mean 'secret'")
+    p = cfg.problem("delivery:\n  max_ag: 1h\n", "delivery.max_ag")
+    assert_problem(p, 2, "delivery.max_ag", "did you mean 'max_age'")
+
+
+def test_unknown_hook_key_with_suggestion(cfg: Loader) -> None:
+    p = cfg.problem(BASE + "  - event: SecurityEvent\n    client: console\n    client_regx: x\n", "hooks[1].client_regx")
+    assert_problem(p, 9, "hooks[1].client_regx", "did you mean 'client_regex'")
+
+
+def test_wrong_type(cfg: Loader) -> None:
+    err = cfg.error("state_dir: [a]\ndelivery:\n  max_in_flight: many\n")
+    by_key = {p.key: p for p in err.problems}
+    assert_problem(by_key["state_dir"], 1, "state_dir", "valid string")
+    assert_problem(by_key["delivery.max_in_flight"], 3, "delivery.max_in_flight", "integer")
+
+
+def test_wrong_type_in_a_hook(cfg: Loader) -> None:
+    p = cfg.problem(BASE + "  - event: MinRunSessions\n    client: console\n    min_sessions: two\n", "hooks[1].min_sessions")
+    assert_problem(p, 9, "hooks[1].min_sessions", "integer")
+
+
+def test_hook_and_client_not_mappings(cfg: Loader) -> None:
+    err = cfg.error("clients:\n  - console\nhooks:\n  - 5\n")
+    by_key = {p.key: p for p in err.problems}
+    assert by_key["clients[0]"].line == 2
+    assert by_key["hooks[0]"].line == 4
+
+
+def test_duplicate_client_name(cfg: Loader) -> None:
+    p = cfg.problem(
+        """
+        clients:
+          - name: console
+            type: log
+          - name: console
+            type: log
+        """,
+        "clients[1].name",
+    )
+    assert_problem(p, 4, "clients[1].name", "duplicate client name 'console'")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("listen: 127.0.0.1:1\nlisten: 127.0.0.1:2\n", 2, "listen"),
+        ("delivery:\n  max_age: 1h\n  max_age: 2h\n", 3, "delivery.max_age"),
+        ("clients:\n  - name: a\n    type: log\n    name: b\n", 4, "clients[0].name"),
+    ],
+)
+def test_duplicate_yaml_key(cfg: Loader, text: str, line: int, key: str) -> None:
+    p = cfg.problem(text, key)
+    assert_problem(p, line, key, "appears twice")
+
+
+def test_unknown_client_type_lists_installed_ones(cfg: Loader) -> None:
+    p = cfg.problem("clients:\n  - name: a\n    type: slack-ish\n", "clients[0].type")
+    assert_problem(p, 3, "clients[0].type", "unknown client type 'slack-ish'", "http", "log")
+    p = cfg.problem("clients:\n  - name: a\n    type: htp\n", "clients[0].type")
+    assert_problem(p, 3, "clients[0].type", "did you mean 'http'", "installed: http, log")
+
+
+def test_client_without_type_or_name(cfg: Loader) -> None:
+    err = cfg.error("clients:\n  - name: a\n  - type: log\n")
+    by_key = {p.key: p for p in err.problems}
+    assert_problem(by_key["clients[0].type"], 2, "clients[0].type", "required", "http", "log")
+    assert_problem(by_key["clients[1].name"], 3, "clients[1].name", "required")
+
+
+def test_hook_naming_unknown_client(cfg: Loader) -> None:
+    p = cfg.problem(BASE + "  - event: SecurityEvent\n    client: consol\n", "hooks[1].client")
+    assert_problem(p, 8, "hooks[1].client", "no client is named 'consol'", "did you mean 'console'")
+
+
+def test_unknown_event_with_suggestion(cfg: Loader) -> None:
+    p = cfg.problem(BASE + "  - event: SettingsValueChanged\n    client: console\n", "hooks[1].event")
+    assert_problem(p, 7, "hooks[1].event", "unknown event 'SettingsValueChanged'", "did you mean 'SettingValueChanged'")
+    p = cfg.problem(BASE + "  - event: securityevent\n    client: console\n", "hooks[1].event")
+    assert_problem(p, 7, "hooks[1].event", "did you mean 'SecurityEvent'")
+
+
+@pytest.mark.parametrize(("field", "event"), [("client_regex", "ClientStatusChanged"), ("setting_regex", "SettingValueChanged")])
+def test_invalid_regex_with_compiler_message(cfg: Loader, field: str, event: str) -> None:
+    p = cfg.problem(BASE + f"  - event: {event}\n    client: console\n    {field}: '(Orders'\n", f"hooks[1].{field}")
+    compiler = ""
+    try:
+        re.compile("(Orders")
+    except re.error as exc:
+        compiler = str(exc)
+    assert_problem(p, 9, f"hooks[1].{field}", "invalid regular expression", compiler)
+
+
+def test_min_sessions_zero(cfg: Loader) -> None:
+    p = cfg.problem(BASE + "  - event: MinRunSessions\n    client: console\n    min_sessions: 0\n", "hooks[1].min_sessions")
+    assert_problem(p, 9, "hooks[1].min_sessions", "at least 1")
+
+
+def test_min_sessions_on_another_event(cfg: Loader) -> None:
+    p = cfg.problem(BASE + "  - event: ClientStatusChanged\n    client: console\n    min_sessions: 2\n", "hooks[1].min_sessions")
+    assert_problem(p, 9, "hooks[1].min_sessions", "only to MinRunSessions")
+
+
+def test_setting_regex_on_another_event(cfg: Loader) -> None:
+    p = cfg.problem(BASE + "  - event: ClientStatusChanged\n    client: console\n    setting_regex: Timeout\n", "hooks[1].setting_regex")
+    assert_problem(p, 9, "hooks[1].setting_regex", "only to SettingValueChanged")
+
+
+def test_blank_setting_regex(cfg: Loader) -> None:
+    p = cfg.problem(BASE + "  - event: SettingValueChanged\n    client: console\n    setting_regex: ''\n", "hooks[1].setting_regex")
+    assert_problem(p, 9, "hooks[1].setting_regex", "blank")
+
+
+def test_missing_env_var_names_the_variable_and_leaks_no_value(cfg: Loader) -> None:
+    p = cfg.problem("state_dir: /srv/prefix-sensitive-${FR_TEST_UNSET}\n", "state_dir")
+    assert_problem(p, 1, "state_dir", "FR_TEST_UNSET", "not set")
+    assert "prefix-sensitive" not in str(p)
+
+
+def test_unreadable_file_reference(cfg: Loader) -> None:
+    p = cfg.problem("intake:\n  secret: ${file:secrets/missing.txt}\n", "intake.secret")
+    assert_problem(p, 2, "intake.secret", "cannot read", "missing.txt")
+    assert str(cfg.dir.resolve() / "secrets" / "missing.txt") in p.message
+
+
+def test_file_reference_to_a_directory(cfg: Loader) -> None:
+    (cfg.dir / "adir").mkdir()
+    p = cfg.problem("state_dir: ${file:adir}\n", "state_dir")
+    assert_problem(p, 1, "state_dir", "cannot read")
+
+
+def test_malformed_reference(cfg: Loader) -> None:
+    p = cfg.problem("state_dir: ${1abc}\n", "state_dir")
+    assert_problem(p, 1, "state_dir", "not a variable reference")
+
+
+def test_yaml_syntax_error_names_file_and_line(cfg: Loader) -> None:
+    err = cfg.error("listen: 127.0.0.1:1\nhooks: [\n")
+    [p] = err.problems
+    assert p.line is not None and p.line >= 2
+    assert "not valid YAML" in p.message
+
+
+def test_top_level_must_be_a_mapping(cfg: Loader) -> None:
+    err = cfg.error("- a\n- b\n")
+    assert "mapping" in str(err)
+
+
+# --- ${...} substitution --------------------------------------------------------------------------
+
+
+def test_env_var_substitution(cfg: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FR_TEST_VALUE", "from-env")
+    config = cfg.load("state_dir: /srv/${FR_TEST_VALUE}/x-${ FR_TEST_VALUE }\n")
+    assert config.state_dir == Path("/srv/from-env/x-from-env")
+
+
+def test_env_var_default(cfg: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cfg.load("state_dir: /srv/${FR_TEST_UNSET:-fallback}\n").state_dir == Path("/srv/fallback")
+    assert cfg.load("state_dir: /srv/x${FR_TEST_UNSET:-}\n").state_dir == Path("/srv/x")
+    monkeypatch.setenv("FR_TEST_VALUE", "set")
+    assert cfg.load("state_dir: /srv/${FR_TEST_VALUE:-fallback}\n").state_dir == Path("/srv/set")
+
+
+def test_env_var_default_when_set_but_empty(cfg: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FR_TEST_EMPTY", "")
+    assert cfg.load("state_dir: /srv/${FR_TEST_EMPTY:-fallback}\n").state_dir == Path("/srv/fallback")
+
+
+def test_env_var_in_a_number_field(cfg: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FR_TEST_VALUE", "4096")
+    assert cfg.load("intake:\n  max_body_bytes: ${FR_TEST_VALUE}\n").intake.max_body_bytes == 4096
+
+
+def test_file_reference_relative_to_the_config_folder_trailing_newline_stripped(cfg: Loader, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (cfg.dir / "creds").mkdir()
+    (cfg.dir / "creds" / "fig_secret").write_text("s3cret-from-file\n", encoding="utf-8")
+    (cfg.dir / "crlf").write_bytes(b"crlf-secret\r\n")
+    (cfg.dir / "two").write_text("line1\nline2\n", encoding="utf-8")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)  # relative to the file's folder, not the working directory
+    config = cfg.load(
+        """
+        intake:
+          secret: ${file:creds/fig_secret}
+        clients:
+          - name: a
+            type: http
+            base_uri: https://example.com/
+            secret: ${file:crlf}
+            headers:
+              X-Two: ${file:./two}
+        """
+    )
+    assert config.intake.secret is not None
+    assert config.intake.secret.get_secret_value() == "s3cret-from-file"
+    assert config.clients["a"].options.secret.get_secret_value() == "crlf-secret"
+    assert config.clients["a"].options.headers == {"X-Two": "line1\nline2"}
+
+
+def test_file_reference_absolute(cfg: Loader, tmp_path: Path) -> None:
+    target = tmp_path / "abs_secret"
+    target.write_text("abs-value\n", encoding="utf-8")
+    config = cfg.load(f"intake:\n  secret: ${{file:{target}}}\n")
+    assert config.intake.secret is not None and config.intake.secret.get_secret_value() == "abs-value"
+
+
+def test_double_dollar_is_a_literal_dollar(cfg: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FR_TEST_VALUE", "nope")
+    config = cfg.load("state_dir: /srv/a$$b/$${FR_TEST_VALUE}/c$$$$d\n")
+    assert config.state_dir == Path("/srv/a$b/${FR_TEST_VALUE}/c$$d")
+
+
+@pytest.mark.parametrize("quote", ["", "'", '"'])
+def test_bcrypt_hash_passes_through_unchanged(cfg: Loader, quote: str) -> None:
+    config = cfg.load(f"listen: 0.0.0.0:8970\nintake:\n  hashed_secret: {quote}{FIG_HASH}{quote}\n")
+    assert config.intake.hashed_secret is not None
+    assert config.intake.hashed_secret.get_secret_value() == FIG_HASH
+    assert FIG_HASH in config.secrets
+
+
+def test_lone_dollars_pass_through(cfg: Loader) -> None:
+    config = cfg.load("clients:\n  - name: a\n    type: http\n    base_uri: https://example.com/\n    secret: pa$s$word$\n")
+    assert config.clients["a"].options.secret.get_secret_value() == "pa$s$word$"
+
+
+# --- several errors at once ---------------------------------------------------------------------------
+
+
+def test_several_errors_reported_together(cfg: Loader) -> None:
+    err = cfg.error(
+        """
+        clinets: []
+        delivery:
+          max_age: soon
+        clients:
+          - name: console
+            type: log
+          - name: other
+            type: nope
+        hooks:
+          - event: Bogus
+            client: console
+          - event: ClientStatusChanged
+            client: nobody
+          - event: SecurityEvent
+            client: console
+            client_regex: '['
+        """
+    )
+    keys = {p.key: p.line for p in err.problems}
+    assert keys == {
+        "clinets": 1,
+        "delivery.max_age": 3,
+        "clients[1].type": 8,
+        "hooks[0].event": 10,
+        "hooks[1].client": 13,
+        "hooks[2].client_regex": 16,
+    }
+    assert str(err).count("\n") == len(err.problems) - 1
+
+
+# --- secrets and listeners ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8970", "10.1.2.3:8970", "'[::]:8970'", ":8970", "example.com:8970", "[127.0.0.1:1, 0.0.0.0:2]"])
+def test_no_secret_with_a_non_loopback_listener_is_an_error(cfg: Loader, listen: str) -> None:
+    p = cfg.problem(f"listen: {listen}\n", "listen")  # no intake key: the problem points at the listener
+    assert "no secret is configured" in p.message
+    assert p.line == 1
+    p = cfg.problem(f"intake: {{forward_test_events: true}}\nlisten: {listen}\n", "intake")
+    assert "no secret is configured" in p.message and p.line == 1
+
+
+@pytest.mark.parametrize(
+    "listen",
+    ["127.0.0.1:8970", "127.0.0.2:1", "localhost:8970", "'[::1]:8970'", "unix:/run/figrelay/intake.sock", "[127.0.0.1:1, 'unix:/tmp/x.sock', 'localhost:3']"],
+)
+def test_no_secret_with_loopback_or_unix_is_fine(cfg: Loader, listen: str) -> None:
+    config = cfg.load(f"listen: {listen}\n")
+    assert all(l.is_local for l in config.listen)
+
+
+@pytest.mark.parametrize("intake", ["secret: a-plain-secret", f"hashed_secret: '{FIG_HASH}'"])
+def test_a_secret_allows_any_listener(cfg: Loader, intake: str) -> None:
+    config = cfg.load(f"listen: 0.0.0.0:8970\nintake:\n  {intake}\n")
+    assert not config.listen[0].is_local
+
+
+def test_secret_and_hashed_secret_both_set(cfg: Loader) -> None:
+    p = cfg.problem(f"intake:\n  secret: plain-one\n  hashed_secret: '{FIG_HASH}'\n", "intake")
+    assert_problem(p, 1, "intake", "not both")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not-a-hash",
+        "d21b0b4b-b978-4048-85be-eb73e057f6fb",
+        FIG_HASH[:-1],
+        FIG_HASH + "x",
+        "$2c$11$3xvQfzPYHvedNwRz.DWX8ecezdoiarEEuvAjL9BxBiUiPZ9BC/oYC",
+        "$2a$1$3xvQfzPYHvedNwRz.DWX8ecezdoiarEEuvAjL9BxBiUiPZ9BC/oYC0",
+    ],
+)
+def test_invalid_hashed_secret_format(cfg: Loader, value: str) -> None:
+    p = cfg.problem(f"intake:\n  hashed_secret: '{value}'\n", "intake.hashed_secret")
+    assert_problem(p, 2, "intake.hashed_secret", "BCrypt")
+    assert value not in p.message
+
+
+def test_2b_hash_is_accepted(cfg: Loader) -> None:
+    value = "$2b$04$" + FIG_HASH[7:]
+    config = cfg.load(f"intake:\n  hashed_secret: '{value}'\n")
+    assert config.intake.hashed_secret is not None
+
+
+def test_empty_secret_is_an_error(cfg: Loader) -> None:
+    p = cfg.problem("intake:\n  secret: ''\n", "intake.secret")
+    assert "empty" in p.message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:8970", Listener("127.0.0.1", 8970)),
+        ("[::1]:8970", Listener("::1", 8970)),
+        (":8970", Listener("0.0.0.0", 8970)),
+        ("unix:/run/x.sock", Listener(unix_path="/run/x.sock")),
+    ],
+)
+def test_listener_parse(text: str, expected: Listener) -> None:
+    assert Listener.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["8970", "host", "unix:", "127.0.0.1:70000", "127.0.0.1:abc"])
+def test_listener_parse_errors(text: str) -> None:
+    with pytest.raises(ValueError):
+        Listener.parse(text)
+
+
+def test_bad_listener_in_config(cfg: Loader) -> None:
+    p = cfg.problem("listen: [127.0.0.1:1, 'nope']\n", "listen[1]")
+    assert p.line == 1
+    p = cfg.problem("listen: []\n", "listen")
+    assert "at least one" in p.message
+
+
+# --- durations -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("30s", 30.0),
+        ("1h30m", 5400.0),
+        (90, 90.0),
+        (1.5, 1.5),
+        ("90", 90.0),
+        ("2d", 172800.0),
+        ("500ms", 0.5),
+        ("1.5h", 5400.0),
+        ("5m", 300.0),
+        ("1h 30m", 5400.0),
+        ("0", 0.0),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["bad", "", "30x", "h", "1h30", "-5", -5, "5 parsecs", True, None, [30]])
+def test_parse_duration_errors(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+def test_duration_as_pydantic_field() -> None:
+    class M(BaseModel):
+        timeout: Duration = 10.0
+
+    assert M().timeout == 10.0
+    assert M(timeout="1m").timeout == 60.0  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        M(timeout="bad")  # type: ignore[arg-type]
+
+
+def test_durations_in_config(cfg: Loader) -> None:
+    config = cfg.load("delivery:\n  max_age: 1h30m\n  backoff_base: 30s\n  backoff_max: 90\n  attempt_timeout: '45'\n")
+    d = config.delivery
+    assert (d.max_age, d.backoff_base, d.backoff_max, d.attempt_timeout) == (5400.0, 30.0, 90.0, 45.0)
+    p = cfg.problem("delivery:\n  shutdown_timeout: bad\n", "delivery.shutdown_timeout")
+    assert_problem(p, 2, "delivery.shutdown_timeout", "not a duration")
+
+
+# --- state_dir ----------------------------------------------------------------------------------------
+
+
+def test_state_dir_relative_to_the_config_folder(cfg: Loader, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cfg.load("state_dir: ./var/state\n").state_dir == cfg.dir.resolve() / "var" / "state"
+    assert cfg.load("state_dir: var\n").state_dir == cfg.dir.resolve() / "var"
+    assert cfg.load("listen: 127.0.0.1:1\n").state_dir == cfg.dir.resolve() / "state"
+    assert cfg.load(f"state_dir: {tmp_path / 'abs'}\n").state_dir == tmp_path / "abs"
+
+
+def test_state_dir_relative_when_config_path_is_relative(registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "figrelay.yaml").write_text("state_dir: st\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(Path("etc/figrelay.yaml"), registry)
+    assert config.state_dir == tmp_path.resolve() / "etc" / "st"
+
+
+# --- plugin options ------------------------------------------------------------------------------------
+
+
+HTTP = """
+clients:
+  - name: siem
+    type: http
+    base_uri: {base_uri}
+"""
+
+
+def test_http_options_validated(cfg: Loader) -> None:
+    config = cfg.load(
+        """
+        clients:
+          - name: siem
+            type: http
+            base_uri: https://siem.example.com/fig
+            timeout: 30s
+            max_in_flight: 2
+            headers: {X-Team: platform}
+        """
+    )
+    siem = config.clients["siem"]
+    assert siem.type == "http"
+    assert siem.max_in_flight == 2
+    assert siem.options.base_uri == "https://siem.example.com/fig/"
+    assert siem.options.timeout == 30.0
+    assert siem.options.headers == {"X-Team": "platform"}
+
+
+@pytest.mark.parametrize("base_uri", ["ftp://siem.example.com/", "siem.example.com/fig/", "https:///nohost", "https://x.example.com/?q=1"])
+def test_http_bad_base_uri(cfg: Loader, base_uri: str) -> None:
+    p = cfg.problem(HTTP.format(base_uri=f"'{base_uri}'"), "clients[0].base_uri")
+    assert_problem(p, 4, "clients[0].base_uri")
+    assert "http" in p.message or "query" in p.message
+
+
+def test_http_unknown_option_key_with_suggestion(cfg: Loader) -> None:
+    p = cfg.problem(HTTP.format(base_uri="https://x.example.com/") + "    timout: 5s\n", "clients[0].timout")
+    assert_problem(p, 5, "clients[0].timout", "unknown key 'timout'", "did you mean 'timeout'")
+    p = cfg.problem("clients:\n  - name: siem\n    type: http\n    base_url: https://x.example.com/\n", "clients[0].base_url")
+    assert_problem(p, 4, "clients[0].base_url", "did you mean 'base_uri'")
+
+
+def test_http_missing_base_uri(cfg: Loader) -> None:
+    p = cfg.problem("clients:\n  - name: siem\n    type: http\n", "clients[0].base_uri")
+    assert "required" in p.message
+    assert p.line is not None
+
+
+@pytest.mark.parametrize("header", ["Authorization", "authorization", "AUTHORIZATION"])
+def test_http_authorization_header_refused(cfg: Loader, header: str) -> None:
+    p = cfg.problem(HTTP.format(base_uri="https://x.example.com/") + f"    headers:\n      {header}: Secret abcdef123\n", "clients[0].headers")
+    assert_problem(p, 5, "clients[0].headers", "secret")
+    assert "abcdef123" not in p.message
+
+
+def test_http_reserved_header_refused(cfg: Loader) -> None:
+    p = cfg.problem(HTTP.format(base_uri="https://x.example.com/") + "    headers: {Content-Type: text/plain}\n", "clients[0].headers")
+    assert "figrelay" in p.message
+
+
+def test_log_options_validated(cfg: Loader) -> None:
+    p = cfg.problem("clients:\n  - name: c\n    type: log\n    format: xml\n", "clients[0].format")
+    assert_problem(p, 4, "clients[0].format")
+    p = cfg.problem("clients:\n  - name: c\n    type: log\n    max_in_flight: 0\n", "clients[0].max_in_flight")
+    assert_problem(p, 4, "clients[0].max_in_flight", "between 1 and 1000")
+
+
+def test_client_fingerprint_changes_with_options(cfg: Loader) -> None:
+    a = cfg.load("clients:\n  - name: c\n    type: log\n").clients["c"].fingerprint
+    b = cfg.load("clients:\n  - name: c\n    type: log\n").clients["c"].fingerprint
+    c = cfg.load("clients:\n  - name: c\n    type: log\n    format: json\n").clients["c"].fingerprint
+    assert a == b != c
+
+
+# --- Config.secrets and redaction ------------------------------------------------------------------------
+
+
+def test_secrets_land_in_config_secrets(cfg: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FR_TEST_SECRET", "env-intake-secret-123")
+    (cfg.dir / "signing").write_text("whsec_c2lnbmluZy1rZXk=\n", encoding="utf-8")
+    config = cfg.load(
+        """
+        listen: 0.0.0.0:8970
+        intake:
+          secret: ${FR_TEST_SECRET}
+        clients:
+          - name: siem
+            type: http
+            base_uri: https://siem.example.com/
+            secret: literal-client-secret
+            signing_secret: ${file:signing}
+            headers: {X-Api-Key: header-key-456}
+          - name: console
+            type: log
+        """
+    )
+    assert config.secrets == frozenset(
+        {"env-intake-secret-123", "literal-client-secret", "whsec_c2lnbmluZy1rZXk=", "header-key-456"}
+    )
+
+
+def test_secretstr_values_not_in_repr_of_config(cfg: Loader) -> None:
+    config = cfg.load(
+        """
+        intake:
+          secret: intake-secret-123
+        clients:
+          - name: siem
+            type: http
+            base_uri: https://siem.example.com/
+            secret: literal-client-secret
+            signing_secret: whsec_c2lnbmluZy1rZXk=
+        """
+    )
+    text = repr(config)
+    for secret in ("intake-secret-123", "literal-client-secret", "whsec_c2lnbmluZy1rZXk="):
+        assert secret not in text
+
+
+def test_file_values_and_secret_fields_land_in_config_secrets(cfg: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    """${file:...} values are credentials by convention and are redacted wherever they are used;
+    a ${VAR} in a plain field (a path, a port) is not, so logs stay readable."""
+    monkeypatch.setenv("FR_TEST_STATE", "/var/lib/figrelay-test")
+    (cfg.dir / "uri").write_text("https://hooks.example.com/T000/B000/XXXXsecretpath\n", encoding="utf-8")
+    config = cfg.load("state_dir: ${FR_TEST_STATE}\nclients:\n  - name: siem\n    type: http\n    base_uri: ${file:uri}\n")
+    assert "https://hooks.example.com/T000/B000/XXXXsecretpath" in config.secrets
+    assert "/var/lib/figrelay-test" not in config.secrets
+
+
+def test_secret_value_never_appears_in_config_error(cfg: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FR_TEST_SECRET", "TOPSECRET-env-0001")
+    (cfg.dir / "key").write_text("TOPSECRET-file-0002\n", encoding="utf-8")
+    err = cfg.error(
+        """
+        listen: [0.0.0.0:1, nope]
+        intake:
+          secret: ${FR_TEST_SECRET}
+          hashed_secret: TOPSECRET-hash-0003
+          secert: TOPSECRET-typo-0004
+        clients:
+          - name: siem
+            type: http
+            base_uri: ftp://TOPSECRET-uri-0005/
+            secret: ${file:key}
+            headers:
+              Authorization: Secret TOPSECRET-auth-0006
+              X-Key: 7
+            signing_secret: not base64 TOPSECRET-0007
+            timout: TOPSECRET-0008
+          - name: siem
+            type: http
+            base_uri: https://x.example.com/
+            secret: [TOPSECRET-list-0009]
+        hooks:
+          - event: SecurityEvent
+            client: siem
+            min_sessions: 2
+        """
+    )
+    text = str(err)
+    assert len(err.problems) >= 8
+    assert "TOPSECRET" not in text, text
+
+
+def test_problem_without_line() -> None:
+    assert str(Problem("f.yaml", None, "", "boom")) == "f.yaml: boom"
+    assert str(Problem("f.yaml", 3, "a.b", "boom")) == "f.yaml:3: a.b: boom"
+    err = ConfigError([Problem("f.yaml", 1, "x", "one"), Problem("f.yaml", 2, "y", "two")])
+    assert str(err) == "f.yaml:1: x: one\nf.yaml:2: y: two"
+
+
+def test_parse_config_directly(registry: PluginRegistry, tmp_path: Path) -> None:
+    config = parse_config(BASE, tmp_path / "x.yaml", registry)
+    assert config.path == tmp_path / "x.yaml"
+    assert config.state_dir == tmp_path.resolve() / "state"
+    assert [h.client for h in config.hooks] == ["console"]
+    assert "1 clients, 1 hooks" in config.summary()

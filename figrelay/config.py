@@ -502,7 +502,8 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
         client_type = registry.client_types.get(type_name)
         if client_type is None:
             installed = ", ".join(registry.type_names()) or "none"
-            out.add((*cpath, "type"), f"unknown client type {type_name!r}{closest(type_name, registry.type_names())} (installed: {installed}; `figrelay plugins` lists them)")
+            hint = closest(type_name, registry.type_names())
+            out.add((*cpath, "type"), f"unknown client type {type_name!r}{hint} (installed: {installed}; `figrelay plugins` lists them)")
             continue
         max_in_flight = raw.get("max_in_flight", top.delivery.max_in_flight)
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= 1000:

@@ -15,6 +15,7 @@ import signal
 import socket
 import stat
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 
 import aiohttp
@@ -78,6 +79,13 @@ async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event
     """Run until SIGTERM/SIGINT (or ``stop`` is set). Raises ConfigError or StartupError."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+    background: set[asyncio.Task[object]] = set()
+
+    def spawn(coro: Coroutine[object, object, object]) -> None:
+        task = loop.create_task(coro)
+        background.add(task)
+        task.add_done_callback(background.discard)
+
     ready = False
     started = time.monotonic()
 
@@ -102,7 +110,7 @@ async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event
             def on_swap(new: LiveConfig, old: LiveConfig | None, removed: tuple[str, ...]) -> None:
                 dispatcher.set_routing(routing_of(new))
                 for client in removed:
-                    loop.create_task(_retire_client(outbox, client))
+                    spawn(_retire_client(outbox, client))
 
             holder.listeners.append(on_swap)
 
@@ -126,7 +134,7 @@ async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event
 
                 loop.add_signal_handler(signal.SIGTERM, stop.set)
                 loop.add_signal_handler(signal.SIGINT, stop.set)
-                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(holder.reload("SIGHUP")))
+                loop.add_signal_handler(signal.SIGHUP, lambda: spawn(holder.reload("SIGHUP")))
                 state_dir = config.state_dir.resolve()
                 watcher = loop.create_task(watch_config(holder, ignore=lambda p: state_dir in p.resolve().parents or p.resolve() == state_dir))
                 ready = True
@@ -138,10 +146,12 @@ async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event
                 ready = False
                 log.info("stopping: no new events; finishing requests in progress")
                 watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
             finally:
                 await runner.cleanup()
+            await asyncio.gather(*background, return_exceptions=True)
             grace = holder.current.config.delivery.shutdown_timeout
             cancelled = await dispatcher.stop(grace)
             if cancelled:

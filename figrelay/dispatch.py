@@ -124,7 +124,7 @@ class Dispatcher:
                 wait = start - now
             try:
                 await asyncio.wait_for(lane.wake.wait(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _spawn(self, coro: object) -> None:

@@ -359,7 +359,7 @@ class FigEvent(_Record):
 
     @property
     def test(self) -> bool:
-        return bool(getattr(self, "is_test"))
+        return bool(self.is_test)
 
     def to_wire(self) -> dict[str, Any]:
         """The event as a JSON-ready dict in Fig's key order."""

@@ -162,7 +162,7 @@ class Outbox:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for (_, future), result in zip(batch, results):
+            for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
                 if isinstance(result, _Failure):

@@ -204,6 +204,11 @@ async def watch_config(holder: ConfigHolder, ignore: Callable[[Path], bool] = la
         path = Path(changed)
         return not ignore(path) and (path.name == name or path.name.startswith(".."))
 
-    async for _changes in watchfiles.awatch(folder, watch_filter=relevant, debounce=200, step=50, recursive=False):
-        if await asyncio.to_thread(holder.file_changed):
-            await holder.reload("file changed")
+    try:
+        async for _changes in watchfiles.awatch(folder, watch_filter=relevant, debounce=200, step=50, recursive=False):
+            if await asyncio.to_thread(holder.file_changed):
+                await holder.reload("file changed")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # e.g. inotify watches exhausted: reloads still work through SIGHUP
+        log.error("cannot watch %s for changes (%s: %s); reload with SIGHUP instead", folder, type(exc).__name__, exc)

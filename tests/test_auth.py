@@ -47,7 +47,7 @@ def test_fig_prehash_is_base64_of_sha384() -> None:
     pre = fig_prehash(FIG_SECRET)
     assert pre == base64.b64encode(hashlib.sha384(FIG_SECRET.encode()).digest())
     assert len(pre) == 64
-    assert fig_prehash("ü") == base64.b64encode(hashlib.sha384("ü".encode("utf-8")).digest())
+    assert fig_prehash("ü") == base64.b64encode(hashlib.sha384("ü".encode()).digest())
 
 
 def test_verify_hashed_secret_known_good_pair() -> None:
@@ -194,7 +194,7 @@ async def test_checkers_do_not_share_a_cache(fast_hash: tuple[str, str], count_b
 
 
 async def test_verified_secret_of_another_hash_is_refused(fast_hash: tuple[str, str]) -> None:
-    secret, hashed = fast_hash
+    secret, _ = fast_hash
     checker = SecretChecker(hashed_secret=FIG_HASH)
     assert await checker.check(f"Secret {FIG_SECRET}") is True
     # the cache is of the verified secret only

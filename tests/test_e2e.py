@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sqlite3
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from conftest import FAST_DELIVERY, Receiver, event, fixture_bodies, route_of, wait_until, write_config
@@ -308,3 +308,53 @@ async def test_sigterm_stops_cleanly(daemon_factory, receiver):
     d = await daemon_factory(relay_config({"siem": receiver}, all_routes_to("siem")))
     assert await d.stop() == 0
     assert "stopped" in d.lines[-1]
+
+
+async def test_sigterm_lets_deliveries_in_flight_finish_and_keeps_the_rest(daemon_factory, receiver):
+    gate = asyncio.Event()
+
+    async def slow(request):
+        await gate.wait()
+        return web.Response(text="ok")
+
+    receiver.responder = slow
+    config = relay_config({"siem": receiver}, all_routes_to("siem")).replace("    secret: downstream-siem", "    secret: downstream-siem\n    max_in_flight: 1")
+    d = await daemon_factory(config)
+    for name in ("alice", "bob"):
+        assert (await d.post("SecurityEvent", event("SecurityEvent", Username=name), AUTH))[0] == 200
+    await wait_until(lambda: len(receiver.requests) == 1, what="alice's delivery in flight")
+    d.signal(signal.SIGTERM)
+    await d.wait_for_log("stopping")
+    gate.set()  # the delivery in flight may still finish
+    assert await d.wait() == 0
+    assert [r.json["Username"] for r in receiver.requests] == ["alice"]
+    rows = outbox_rows(d.config_path.parent)
+    assert len(rows) == 1 and rows[0][3] == "pending"  # bob waits for the next start
+    await d.start()
+    await wait_until(lambda: [r.json["Username"] for r in receiver.requests] == ["alice", "bob"])
+
+
+async def test_changed_client_carries_on_with_its_pending_deliveries(daemon_factory, receiver_factory):
+    old, new = await receiver_factory(), await receiver_factory()
+    old.responder = lambda r: web.Response(status=503)
+    config = relay_config({"siem": old}, all_routes_to("siem")).replace("backoff_base: 0.05s", "backoff_base: 0.5s")
+    d = await daemon_factory(config)
+    await d.post("SecurityEvent", event("SecurityEvent"), AUTH)
+    await d.wait_for_log("retrying in")
+    write_config(d.config_path, relay_config({"siem": new}, all_routes_to("siem")))
+    await wait_until(lambda: len(new.requests) == 1, what="the pending delivery reaching the client's new address")
+    assert new.requests[0].headers["X-Figrelay-Delivery"] == old.requests[0].headers["X-Figrelay-Delivery"]
+    await wait_until(lambda: outbox_rows(d.config_path.parent) == [])
+
+
+async def test_unix_socket_listener(daemon_factory, receiver, tmp_path):
+    sock = tmp_path / "intake.sock"
+    config = relay_config({"siem": receiver}, all_routes_to("siem"), intake="  forward_test_events: false")
+    config = config.replace("listen: 127.0.0.1:0", f"listen: [unix:{sock}, 127.0.0.1:0]")
+    d = await daemon_factory(config)
+    await d.wait_for_log(rf"listening on unix:{sock}")
+    connector = aiohttp.UnixConnector(path=str(sock))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.post("http://figrelay/SecurityEvent", data=event("SecurityEvent"), headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 200
+    await wait_until(lambda: len(receiver.requests) == 1)

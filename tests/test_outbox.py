@@ -147,7 +147,7 @@ async def test_a_failing_write_in_a_group_fails_alone(outbox: Outbox) -> None:
     )
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], OutboxError)
-    assert sorted((await outbox.fetch(["d0", "d1", "d2"]))) == ["d0", "d1", "d2"]
+    assert sorted(await outbox.fetch(["d0", "d1", "d2"])) == ["d0", "d1", "d2"]
 
 
 async def test_a_failing_single_write_raises_outbox_error_and_stores_nothing(outbox: Outbox) -> None:

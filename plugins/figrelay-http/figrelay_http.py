@@ -13,7 +13,6 @@ would have sent it, so an integration written for Fig accepts it unchanged.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from figrelay.delivery import (
     ClientContext,
@@ -48,7 +47,7 @@ class HttpOptions(ClientOptions):
     """Where the receiver lives; the event's route (e.g. ``SettingValueChanged``) is appended."""
     secret: SecretStr | None = None
     """Sent as ``Authorization: Secret <secret>``, the way Fig authenticates itself."""
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = Field(default_factory=dict)
     timeout: Duration = 10.0
     signing_secret: SecretStr | None = None
     """A ``whsec_``-prefixed base64 key: adds Standard Webhooks ``webhook-*`` signature headers."""
@@ -133,7 +132,7 @@ class HttpTarget:
             ) as response:
                 body = await response.content.read(MAX_ERROR_BODY) if response.status >= 300 else b""
                 return outcome_for_status(response.status, response.headers, body)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return Retry(f"no answer from {self._where} within {self._options.timeout:g}s")
         except aiohttp.ClientError as exc:
             return Retry(f"cannot reach {self._where}: {type(exc).__name__}: {exc}".replace(self._options.base_uri, self._where))

@@ -12,9 +12,10 @@ hooks (`figrelay send` an event and watch which log clients print it).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from figrelay.delivery import ClientContext, ClientOptions, ClientType, Delivered, Delivery, Outcome
 from figrelay.hookspecs import hookimpl
@@ -30,9 +31,17 @@ def summarise(delivery: Delivery) -> str:
     e = delivery.event.to_wire()
     subject = e.get("ClientName") or e.get("Username") or "?"
     details = {k: v for k, v in e.items() if k not in ("ClientName", "Link", "Uri", "IsTest") and v not in (None, [], "")}
-    parts = ", ".join(f"{k}={v}" for k, v in details.items())
+    parts = ", ".join(f"{k}={_text(v)}" for k, v in details.items())
     test = " [test]" if e.get("IsTest") else ""
     return f"{delivery.route}{test} {subject}: {parts}"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "[" + ", ".join(value) + "]"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
 
 
 class LogTarget:

@@ -14,7 +14,7 @@ from figrelay_log import LogOptions, LogTarget
 BODY = b'{"ClientName":"OrdersApi","Instance":null,"UpdatedSettings":["Timeout"],"Username":"admin","Link":null,"ChangeMessage":null,"IsTest":true}'
 
 
-@pytest.mark.parametrize("fmt, expected", [("json", BODY.decode()), ("summary", "SettingValueChanged [test] OrdersApi: UpdatedSettings=['Timeout'], Username=admin")])
+@pytest.mark.parametrize("fmt, expected", [("json", BODY.decode()), ("summary", "SettingValueChanged [test] OrdersApi: UpdatedSettings=[Timeout], Username=admin")])
 async def test_writes_the_event_to_the_log(caplog, fmt, expected):
     target = LogTarget(ClientContext("console", LogOptions(format=fmt, level="warning"), None, logging.getLogger("x"), Path(".")))  # type: ignore[arg-type]
     event = parse_event_body("SettingValueChanged", BODY)

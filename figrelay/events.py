@@ -408,10 +408,10 @@ class SettingValueChanged(FigEvent):
     extra: Extras = ()
 
 
-@_contract
 @dataclass(frozen=True, slots=True, kw_only=True)
-class NewClientRegistration(FigEvent):
-    route: ClassVar[str] = "NewClientRegistration"
+class _Registration(FigEvent):
+    """The shared contract of NewClientRegistration and UpdatedClientRegistration."""
+
     client_name: str
     instance: str | None = None
     settings: tuple[str, ...] = ()
@@ -423,15 +423,15 @@ class NewClientRegistration(FigEvent):
 
 @_contract
 @dataclass(frozen=True, slots=True, kw_only=True)
-class UpdatedClientRegistration(FigEvent):
+class NewClientRegistration(_Registration):
+    route: ClassVar[str] = "NewClientRegistration"
+
+
+@_contract
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdatedClientRegistration(_Registration):
     route: ClassVar[str] = "UpdatedClientRegistration"
-    client_name: str
-    instance: str | None = None
-    settings: tuple[str, ...] = ()
     registration_type: RegistrationType = RegistrationType.Updated
-    link: str | None = None
-    is_test: bool = False
-    extra: Extras = ()
 
 
 @_contract

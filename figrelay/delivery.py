@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from .events import FigEvent
+    from .messages import Message
 
 __all__ = [
     "ClientOptions",
@@ -67,10 +68,24 @@ class Delivery:
     """1 on the first try."""
     created_at: float
     """Unix time at which the intake accepted the event."""
+    message: Message | None = None
+    """For client types with ``renders_messages``: the human message to send (figrelay's default
+    rendering with the client's and hook's templates applied). When ``batch`` holds several
+    deliveries, it is their digest. None for other client types."""
+    batch: tuple[Delivery, ...] = ()
+    """When the client coalesces bursts: every delivery this send stands for, oldest first, this
+    one included. The outcome applies to all of them. Empty when the delivery goes alone."""
+    minimum: int | None = None
+    """For MinRunSessions raised by figrelay: the hook's ``min_sessions``."""
 
     @property
     def route(self) -> str:
         return self.event.route
+
+    @property
+    def deliveries(self) -> tuple[Delivery, ...]:
+        """The deliveries this send stands for: ``batch``, or just this one."""
+        return self.batch or (self,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +155,15 @@ class ClientType:
     description: str = ""
     secret_options: tuple[str, ...] = field(default=())
     """Option names whose values are credentials besides SecretStr fields (e.g. a webhook URL)."""
+    renders_messages: bool = False
+    """True for targets that send human messages (chat, mail): figrelay then renders
+    ``Delivery.message``, and the client and its hooks may set ``title``/``text`` templates."""
+    default_min_interval: float = 0.0
+    """Seconds between two sends to one client unless it sets ``min_interval`` (pacing, e.g. 1.0
+    for Slack's one message per second per channel)."""
+    default_coalesce: float = 0.0
+    """Seconds within which consecutive events of one hook and setting client are folded into
+    one digest send, unless the client sets ``coalesce`` (0: never)."""
 
 
 # --- shared retry rules -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_va
 from .durations import Duration
 from .events import ROUTES
 from .plugins import PluginRegistry
+from .templates import MessageTemplates, TemplateError, check_template
 
 Path_ = tuple[str | int, ...]
 
@@ -275,6 +276,41 @@ class _HookModel(_Strict):
     client_regex: str = ".*"
     setting_regex: str | None = None
     min_sessions: int | None = None
+    title: str | None = None
+    text: str | None = None
+
+
+class _ClientCoreModel(_Strict):
+    """The client keys figrelay itself reads; the others go to the client type's options."""
+
+    name: str
+    type: str
+    max_in_flight: int | None = None
+    min_interval: Duration | None = None
+    coalesce: Duration | None = None
+    title: str | None = None
+    text: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v
+
+    @field_validator("max_in_flight")
+    @classmethod
+    def _in_flight(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 1000:
+            raise ValueError("must be between 1 and 1000")
+        return v
+
+    @field_validator("min_interval", "coalesce")
+    @classmethod
+    def _bounded(cls, v: float | None) -> float | None:
+        if v is not None and v > 3600:
+            raise ValueError("must be at most 1h")
+        return v
 
 
 class _TopModel(BaseModel):
@@ -299,7 +335,7 @@ def _valid_top_key(key: str, value: Any) -> bool:
 
 # --- the frozen result --------------------------------------------------------------------------
 
-CORE_CLIENT_KEYS = ("name", "type", "max_in_flight")
+CORE_CLIENT_KEYS = tuple(_ClientCoreModel.model_fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +346,13 @@ class ClientConfig:
     """The plugin's validated options model."""
     max_in_flight: int
     fingerprint: str
-    """Equal fingerprints mean an unchanged client across a reload (its target is kept)."""
+    """Equal fingerprints mean an unchanged target across a reload (it is kept open)."""
+    min_interval: float = 0.0
+    """Seconds between two sends to this client (pacing)."""
+    coalesce: float = 0.0
+    """Window in seconds for folding a burst of one hook's events into one digest."""
+    templates: MessageTemplates | None = None
+    renders_messages: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +364,7 @@ class HookConfig:
     setting_regex: re.Pattern[str] | None
     min_sessions: int | None
     line: int | None = None
+    templates: MessageTemplates | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +439,34 @@ def _secret_values(model: Any, names: Sequence[str] = ()) -> set[str]:
         for v in model:
             found |= _secret_values(v)
     return {s for s in found if s}
+
+
+def _without_missing(exc: ValidationError, *locs: tuple[str, ...]) -> ValidationError:
+    """The same errors less the 'missing' ones at ``locs`` (reported with a better message)."""
+    errors = [e for e in exc.errors(include_url=False) if not (e["type"] == "missing" and tuple(e["loc"]) in locs)]
+    return ValidationError.from_exception_data(exc.title, errors)  # type: ignore[arg-type]
+
+
+def _templates(
+    title: str | None, text: str | None, routes: Sequence[str], path: Path_, type_name: str, renders: bool, out: _Collector
+) -> MessageTemplates | None:
+    """Check title/text templates against sample events of ``routes``."""
+    if title is None and text is None:
+        return None
+    if not renders:
+        key = "title" if title is not None else "text"
+        out.add((*path, key), f"the {type_name!r} client type sends events as they are, not messages, so it takes no title or text template")
+        return None
+    ok = True
+    for key, source in (("title", title), ("text", text)):
+        if source is None:
+            continue
+        try:
+            check_template(source, routes or None)
+        except TemplateError as exc:
+            out.add((*path, key), f"bad template: {exc}")
+            ok = False
+    return MessageTemplates(title, text) if ok else None
 
 
 def _compile(pattern: Any, path: Path_, out: _Collector) -> re.Pattern[str] | None:
@@ -479,39 +550,48 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
     if not state_dir.is_absolute():
         state_dir = base_dir / state_dir
 
+    # hooks first: a client's templates are checked against the events its hooks send it
+    hook_models: list[tuple[int, _HookModel]] = []
+    for i, raw_hook in enumerate(top.hooks):
+        try:
+            hook_models.append((i, _HookModel.model_validate(raw_hook)))
+        except ValidationError as exc:
+            _pydantic_problems(exc, ("hooks", i), _HookModel, out)
+
     # clients
     clients: dict[str, ClientConfig] = {}
+    known_clients: dict[str, str | None] = {}  # name -> type, for every client named, valid or not
     secrets = _secret_values(intake) | out.file_values
     for i, raw in enumerate(top.clients):
         cpath: Path_ = ("clients", i)
         if not isinstance(raw, dict):
             out.add(cpath, "each client must be a mapping with at least 'name' and 'type'")
             continue
-        name = raw.get("name")
-        type_name = raw.get("type")
-        ok = True
-        if not isinstance(name, str) or not name.strip():
-            out.add((*cpath, "name"), "is required: a unique name for this client, used by hooks" if name is None else "must be a non-empty string")
-            ok = False
-        elif name in clients:
-            out.add((*cpath, "name"), f"duplicate client name {name!r}; client names must be unique")
-            ok = False
-        if not isinstance(type_name, str):
-            out.add((*cpath, "type"), f"is required: one of the installed client types ({', '.join(registry.type_names()) or 'none installed'})")
-            continue
-        client_type = registry.client_types.get(type_name)
-        if client_type is None:
+        name, type_name = raw.get("name"), raw.get("type")
+        if isinstance(name, str):
+            if name in known_clients:
+                out.add((*cpath, "name"), f"duplicate client name {name!r}; client names must be unique")
+                continue
+            known_clients[name] = type_name if isinstance(type_name, str) else None
+        try:
+            core = _ClientCoreModel.model_validate({k: v for k, v in raw.items() if k in CORE_CLIENT_KEYS})
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False, include_input=False):
+                if err["loc"] == ("type",) and err["type"] == "missing":
+                    out.add((*cpath, "type"), f"is required: one of the installed client types ({', '.join(registry.type_names()) or 'none installed'})")
+                elif err["loc"] == ("name",) and err["type"] == "missing":
+                    out.add((*cpath, "name"), "is required: a unique name for this client, used by hooks")
+            _pydantic_problems(_without_missing(exc, ("type",), ("name",)), cpath, _ClientCoreModel, out)
+            core = None
+        client_type = registry.client_types.get(type_name) if isinstance(type_name, str) else None
+        if isinstance(type_name, str) and client_type is None:
             installed = ", ".join(registry.type_names()) or "none"
             hint = closest(type_name, registry.type_names())
             out.add((*cpath, "type"), f"unknown client type {type_name!r}{hint} (installed: {installed}; `figrelay plugins` lists them)")
+        if client_type is None:
             continue
-        max_in_flight = raw.get("max_in_flight", top.delivery.max_in_flight)
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= 1000:
-            out.add((*cpath, "max_in_flight"), "must be a whole number between 1 and 1000")
-            ok = False
-        plugin_raw = {k: v for k, v in raw.items() if k not in CORE_CLIENT_KEYS}
         try:
-            options = client_type.options.model_validate(plugin_raw)
+            options = client_type.options.model_validate({k: v for k, v in raw.items() if k not in CORE_CLIENT_KEYS})
         except ValidationError as exc:
             _pydantic_problems(exc, cpath, client_type.options, out)
             continue
@@ -519,27 +599,29 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
             out.add(cpath, f"the {type_name!r} plugin could not check these options: {type(exc).__name__}: {exc}")
             continue
         secrets |= _secret_values(options, client_type.secret_options)
-        if ok:
-            # a digest, so that no secret sits in the ClientConfig's repr
-            fingerprint = hashlib.sha256(repr((type_name, max_in_flight, _stable(options))).encode()).hexdigest()
-            clients[name] = ClientConfig(name, type_name, options, max_in_flight, fingerprint)
+        if core is None:
+            continue
+        routes = sorted({h.event for _, h in hook_models if h.client == core.name and h.event in ROUTES})
+        templates = _templates(core.title, core.text, routes, cpath, client_type.name, client_type.renders_messages, out)
+        max_in_flight = core.max_in_flight if core.max_in_flight is not None else top.delivery.max_in_flight
+        min_interval = core.min_interval if core.min_interval is not None else client_type.default_min_interval
+        coalesce = core.coalesce if core.coalesce is not None else client_type.default_coalesce
+        # a digest, so that no secret sits in the ClientConfig's repr
+        fingerprint = hashlib.sha256(repr((type_name, _stable(options))).encode()).hexdigest()
+        clients[core.name] = ClientConfig(
+            core.name, client_type.name, options, max_in_flight, fingerprint, min_interval, coalesce, templates, client_type.renders_messages
+        )
 
     # hooks
     hooks: list[HookConfig] = []
-    known_clients = {raw.get("name") for raw in top.clients if isinstance(raw, dict)}
-    for i, raw_hook in enumerate(top.hooks):
+    for i, hook in hook_models:
         hpath: Path_ = ("hooks", i)
-        try:
-            hook = _HookModel.model_validate(raw_hook)
-        except ValidationError as exc:
-            _pydantic_problems(exc, hpath, _HookModel, out)
-            continue
         valid = True
         if hook.event not in ROUTES:
             out.add((*hpath, "event"), f"unknown event {hook.event!r}{closest(hook.event, ROUTES)} (one of: {', '.join(ROUTES)})")
             valid = False
         if hook.client not in known_clients:
-            names = sorted(n for n in known_clients if isinstance(n, str))
+            names = sorted(known_clients)
             out.add((*hpath, "client"), f"no client is named {hook.client!r}{closest(hook.client, names)} (clients: {', '.join(names) or 'none defined'})")
             valid = False
         client_re = _compile(hook.client_regex, (*hpath, "client_regex"), out)
@@ -561,8 +643,14 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
             elif hook.min_sessions < 1:
                 out.add((*hpath, "min_sessions"), f"must be at least 1, got {hook.min_sessions}")
                 valid = False
+        templates = None
+        if hook.title is not None or hook.text is not None:
+            client_type_name = known_clients.get(hook.client)
+            client_type = registry.client_types.get(client_type_name) if client_type_name else None
+            if client_type is not None and hook.event in ROUTES:
+                templates = _templates(hook.title, hook.text, [hook.event], hpath, client_type.name, client_type.renders_messages, out)
         if valid and client_re is not None and (hook.setting_regex is None or setting_re is not None):
-            hooks.append(HookConfig(i, hook.event, hook.client, client_re, setting_re, hook.min_sessions, out.line_of(hpath)))
+            hooks.append(HookConfig(i, hook.event, hook.client, client_re, setting_re, hook.min_sessions, out.line_of(hpath), templates))
 
     if out.problems:
         raise ConfigError(out.problems)

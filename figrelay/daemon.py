@@ -23,7 +23,7 @@ from aiohttp import web
 
 from . import __version__
 from .config import ConfigError, Listener
-from .dispatch import Dispatcher, Routing
+from .dispatch import ClientRoute, Dispatcher, Routing
 from .intake import Intake
 from .logs import redactor
 from .outbox import Outbox, OutboxError
@@ -42,11 +42,11 @@ class StartupError(Exception):
 
 
 def routing_of(live: LiveConfig) -> Routing:
-    return Routing(
-        settings=live.config.delivery,
-        targets=live.targets,
-        limits={name: c.max_in_flight for name, c in live.config.clients.items()},
-    )
+    clients = {
+        name: ClientRoute(live.targets[name], c.max_in_flight, c.min_interval, c.coalesce, c.renders_messages, c.templates)
+        for name, c in live.config.clients.items()
+    }
+    return Routing(live.config.delivery, clients, {hook.index: hook for hook in live.config.hooks})
 
 
 def bind(listener: Listener) -> socket.socket:

@@ -1,11 +1,21 @@
 """The dispatcher: takes due deliveries from the outbox to their targets.
 
-Each client has its own lane with its own bound on deliveries in flight, so a slow or dead client
-never delays the others. A failed delivery worth retrying waits an exponential backoff with full
-jitter, ``uniform(0, min(backoff_max, backoff_base * 2**attempt))``, and never less than the
-target's Retry-After; a Retry-After also holds back the client's other deliveries for as long.
-Failures that retrying will not mend, and deliveries still failing after ``max_age``, become dead
-letters kept in the outbox with the reason.
+Each client has its own lane with its own bound on sends in flight, so a slow or dead client
+never delays the others. Within a lane:
+
+- **pacing**: two sends to a client are at least ``min_interval`` apart (Slack and Teams take
+  about one message a second);
+- **coalescing**: with a ``coalesce`` window, the first event of a hook and setting client goes
+  at once; the ones that follow within the window wait for its end and go together as one
+  digest send, so fifty changes in a minute are two messages, not fifty;
+- **retries**: a failure worth retrying waits an exponential backoff with full jitter,
+  ``uniform(0, min(backoff_max, backoff_base * 2**attempt))``, never less than the target's
+  Retry-After, which also holds back the client's other sends for as long. Failures that
+  retrying will not mend, and deliveries still failing after ``max_age``, become dead letters
+  kept in the outbox with the reason.
+
+Every row stays pending in the outbox until its outcome is recorded, so nothing held in a lane
+is lost by a crash.
 """
 
 from __future__ import annotations
@@ -19,12 +29,29 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .config import DeliverySettings
+from .config import DeliverySettings, HookConfig
 from .delivery import Delivered, Delivery, Failed, Outcome, Retry, Target
-from .events import EventError, parse_event_body
+from .events import EventError, FigEvent, parse_event_body
+from .messages import describe, digest
 from .outbox import Outbox, StoredDelivery
+from .templates import MessageTemplates
 
 log = logging.getLogger("figrelay.dispatch")
+
+MAX_FETCH = 500
+"""Rows read from the outbox at once for one lane."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRoute:
+    """How to deliver to one client under the live configuration."""
+
+    target: Target
+    max_in_flight: int = 4
+    min_interval: float = 0.0
+    coalesce: float = 0.0
+    renders_messages: bool = False
+    templates: MessageTemplates | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +59,8 @@ class Routing:
     """What the dispatcher needs of the live configuration; swapped whole on reload."""
 
     settings: DeliverySettings
-    targets: Mapping[str, Target]
-    limits: Mapping[str, int]
+    clients: Mapping[str, ClientRoute]
+    hooks: Mapping[int, HookConfig] = field(default_factory=dict)
 
 
 def backoff_delay(attempts: int, settings: DeliverySettings, retry_after: float | None, rng: Callable[[float, float], float] = random.uniform) -> float:
@@ -45,13 +72,30 @@ def backoff_delay(attempts: int, settings: DeliverySettings, retry_after: float 
     return delay
 
 
+GroupKey = tuple[object, ...]
+
+
+@dataclass
+class _Group:
+    """Rows that will go out together (one row unless the client coalesces)."""
+
+    key: GroupKey
+    rows: list[tuple[StoredDelivery, FigEvent | None]]
+    release_at: float
+
+
 @dataclass
 class _Lane:
     client: str
     heap: list[tuple[float, int, str]] = field(default_factory=list)
-    queued: set[str] = field(default_factory=set)
-    in_flight: set[str] = field(default_factory=set)
+    known: set[str] = field(default_factory=set)
+    """Ids queued, fetched, held or in flight in this lane: scheduled again, they are ignored."""
+    groups: dict[GroupKey, _Group] = field(default_factory=dict)
+    fetching: int = 0
+    sending: int = 0
     paused_until: float = 0.0
+    next_send: float = 0.0
+    last_sent: dict[GroupKey, float] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -69,21 +113,21 @@ class Dispatcher:
     # --- feeding --------------------------------------------------------------------------------
 
     def schedule(self, items: Iterable[tuple[str, str, float]]) -> None:
-        """Queue (id, client, due unix time) for delivery; ids already queued are ignored."""
+        """Queue (id, client, due unix time) for delivery; ids already in the lane are ignored."""
         for delivery_id, client, due in items:
             lane = self._lane(client)
-            if delivery_id in lane.queued or delivery_id in lane.in_flight:
+            if delivery_id in lane.known:
                 continue
-            lane.queued.add(delivery_id)
+            lane.known.add(delivery_id)
             heapq.heappush(lane.heap, (due, next(self._seq), delivery_id))
             lane.wake.set()
 
     def set_routing(self, routing: Routing) -> None:
         """Take a new configuration: lanes of removed clients stop (their rows are dead-lettered
-        by the caller); the others pick up new limits and targets on their next delivery."""
+        by the caller); the others pick up the new settings on their next send."""
         self._routing = routing
         for client in list(self._lanes):
-            if client not in routing.targets:
+            if client not in routing.clients:
                 lane = self._lanes.pop(client)
                 if lane.task is not None:
                     lane.task.cancel()
@@ -91,7 +135,7 @@ class Dispatcher:
                 self._lanes[client].wake.set()
 
     def pending(self) -> dict[str, int]:
-        return {c: len(l.queued) + len(l.in_flight) for c, l in self._lanes.items()}
+        return {c: len(l.known) for c, l in self._lanes.items()}
 
     def _lane(self, client: str) -> _Lane:
         lane = self._lanes.get(client)
@@ -106,24 +150,46 @@ class Dispatcher:
     async def _run_lane(self, lane: _Lane) -> None:
         while not self._stopping:
             lane.wake.clear()
+            route = self._routing.clients.get(lane.client)
             now = time.time()
-            limit = self._routing.limits.get(lane.client, 1)
-            free = limit - len(lane.in_flight)
-            wait: float | None = None
-            if lane.heap and free > 0:
-                start = max(lane.heap[0][0], lane.paused_until)
-                if start <= now:
-                    batch = []
-                    while lane.heap and len(batch) < free and lane.heap[0][0] <= now:
-                        _, _, delivery_id = heapq.heappop(lane.heap)
-                        lane.queued.discard(delivery_id)
-                        lane.in_flight.add(delivery_id)
-                        batch.append(delivery_id)
-                    self._spawn(self._start_batch(lane, batch))
-                    continue
-                wait = start - now
+            wake_at: list[float] = []
+
+            # 1. take due rows out of the heap and read them
+            if lane.heap and lane.fetching == 0:
+                if lane.heap[0][0] <= now:
+                    # group a burst whole when coalescing; else read no more than can be sent
+                    room = MAX_FETCH if route and route.coalesce else max(0, (route.max_in_flight if route else 1) - lane.sending - len(lane.groups))
+                    ids = []
+                    while lane.heap and len(ids) < room and lane.heap[0][0] <= now:
+                        ids.append(heapq.heappop(lane.heap)[2])
+                    if ids:
+                        lane.fetching += 1
+                        self._spawn(self._fetch(lane, ids))
+                else:
+                    wake_at.append(lane.heap[0][0])
+
+            # 2. send the groups whose time has come, within the limits
+            if route is not None and lane.groups:
+                limit = route.max_in_flight
+                gate = max(lane.paused_until, lane.next_send)
+                while lane.groups and lane.sending < limit and gate <= now:
+                    group = min(lane.groups.values(), key=lambda g: g.release_at)
+                    if group.release_at > now:
+                        wake_at.append(group.release_at)
+                        break
+                    del lane.groups[group.key]
+                    lane.sending += 1
+                    lane.last_sent[group.key] = now
+                    if route.min_interval:
+                        lane.next_send = now + route.min_interval
+                        gate = lane.next_send
+                    self._spawn(self._attempt(lane, group))
+                if lane.groups and gate > now:
+                    wake_at.append(gate)
+
+            timeout = max(0.0, min(wake_at) - time.time()) if wake_at else None
             try:
-                await asyncio.wait_for(lane.wake.wait(), wait)
+                await asyncio.wait_for(lane.wake.wait(), timeout)
             except TimeoutError:
                 pass
 
@@ -132,51 +198,87 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _start_batch(self, lane: _Lane, ids: list[str]) -> None:
+    async def _fetch(self, lane: _Lane, ids: list[str]) -> None:
         try:
             rows = await self._outbox.fetch(ids)
         except Exception as exc:
-            log.error("cannot read deliveries of %s from the outbox: %s; retrying in 5s", lane.client, exc)
+            log.error("cannot read deliveries of %s from the outbox: %s; trying again in 5s", lane.client, exc)
             for delivery_id in ids:
-                lane.in_flight.discard(delivery_id)
+                lane.known.discard(delivery_id)
             self.schedule((i, lane.client, time.time() + 5) for i in ids)
             return
+        finally:
+            lane.fetching -= 1
+            lane.wake.set()
+        route = self._routing.clients.get(lane.client)
+        coalesce = route.coalesce if route else 0.0
+        now = time.time()
         for delivery_id in ids:
             row = rows.get(delivery_id)
             if row is None or row.state != "pending":
-                lane.in_flight.discard(delivery_id)
-                lane.wake.set()
+                lane.known.discard(delivery_id)
                 continue
-            self._spawn(self._attempt(lane, row))
+            event = _parse(row)
+            if coalesce and event is not None:
+                key: GroupKey = ("hook", row.hook, row.route if row.hook is None else None, event.setting_client)
+            else:
+                key = ("row", row.id)
+            group = lane.groups.get(key)
+            if group is None:
+                release_at = max(now, lane.last_sent.get(key, float("-inf")) + coalesce) if coalesce else now
+                lane.groups[key] = _Group(key, [(row, event)], release_at)
+            else:
+                group.rows.append((row, event))
 
-    async def _attempt(self, lane: _Lane, row: StoredDelivery) -> None:
+    async def _attempt(self, lane: _Lane, group: _Group) -> None:
         routing = self._routing
         settings = routing.settings
-        attempt = row.attempts + 1
+        rows = [row for row, _ in group.rows]
         retry_at: float | None = None
         try:
-            target = routing.targets.get(row.client)
-            if target is None:
-                outcome: Outcome = Failed(f"client {row.client!r} is no longer configured")
+            route = routing.clients.get(lane.client)
+            if route is None:
+                outcome: Outcome = Failed(f"client {lane.client!r} is no longer configured")
+            elif any(event is None for _, event in group.rows):
+                outcome = Failed("the stored event cannot be read")
             else:
-                try:
-                    event = parse_event_body(row.route, row.body)
-                except EventError as exc:
-                    outcome = Failed(f"stored event cannot be read: {exc}")
-                else:
-                    delivery = Delivery(row.id, row.client, event, row.body, attempt, row.created_at)
-                    outcome = await self._call(target, delivery, settings)
-            retry_at = await self._record(lane, row, attempt, outcome, settings)
+                delivery = self._delivery(route, routing, group)
+                outcome = await self._call(route.target, delivery, settings)
+            retry_at = await self._record(lane, rows, outcome, settings)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("delivery %s to %s: recording the outcome failed; it stays pending", row.id, row.client)
+            log.exception("deliveries %s to %s: recording the outcome failed; they stay pending", ", ".join(r.id for r in rows), lane.client)
             retry_at = time.time() + settings.backoff_base
         finally:
-            lane.in_flight.discard(row.id)
+            lane.sending -= 1
+            for row in rows:
+                lane.known.discard(row.id)
             lane.wake.set()
-        if retry_at is not None and not self._stopping and row.client in self._routing.targets:
-            self.schedule([(row.id, row.client, retry_at)])
+        if retry_at is not None and not self._stopping and lane.client in self._routing.clients:
+            self.schedule((row.id, row.client, retry_at) for row in rows)
+
+    def _delivery(self, route: ClientRoute, routing: Routing, group: _Group) -> Delivery:
+        """The Delivery handed to the target: one, or the first of a batch carrying them all."""
+        deliveries = []
+        for row, event in group.rows:
+            assert event is not None
+            hook = routing.hooks.get(row.hook) if row.hook is not None else None
+            if hook is not None and hook.client != row.client:
+                hook = None  # the hooks were reordered by a reload since the event was accepted
+            minimum = hook.min_sessions if hook is not None else None
+            message = None
+            if route.renders_messages:
+                message = describe(event, minimum)
+                templates = hook.templates.over(route.templates) if hook is not None and hook.templates else route.templates
+                if templates is not None:
+                    message = templates.apply(event, message)
+            deliveries.append(Delivery(row.id, row.client, event, row.body, row.attempts + 1, row.created_at, message, (), minimum))
+        first = deliveries[0]
+        if len(deliveries) == 1:
+            return first
+        message = digest([d.message for d in deliveries if d.message is not None]) if route.renders_messages else None
+        return Delivery(first.id, first.client, first.event, first.body, first.attempt, first.created_at, message, tuple(deliveries), first.minimum)
 
     async def _call(self, target: Target, delivery: Delivery, settings: DeliverySettings) -> Outcome:
         started = time.monotonic()
@@ -195,42 +297,60 @@ class Dispatcher:
         self._observer.attempted(delivery, outcome, time.monotonic() - started)
         return outcome
 
-    async def _record(self, lane: _Lane, row: StoredDelivery, attempt: int, outcome: Outcome, settings: DeliverySettings) -> float | None:
-        """Store an attempt's outcome; return when to try again, or None."""
+    async def _record(self, lane: _Lane, rows: list[StoredDelivery], outcome: Outcome, settings: DeliverySettings) -> float | None:
+        """Store a send's outcome for every row it stood for; return when to try again, or None."""
+        together = f" (with {len(rows) - 1} more in one digest)" if len(rows) > 1 else ""
+        first = rows[0]
         if isinstance(outcome, Delivered):
-            await self._outbox.delivered(row.id)
-            log.info("delivery %s: %s to %s delivered (%s, attempt %d)", row.id, row.route, row.client, outcome.detail or "ok", attempt)
-            self._observer.finished(row, "delivered")
+            for row in rows:
+                await self._outbox.delivered(row.id)
+                self._observer.finished(row, "delivered")
+            log.info(
+                "delivery %s: %s to %s delivered%s (%s, attempt %d)",
+                first.id, first.route, first.client, together, outcome.detail or "ok", first.attempts + 1,
+            )
             return None
         if isinstance(outcome, Failed):
-            await self._outbox.dead(row.id, attempt, outcome.reason)
-            log.warning("delivery %s: %s to %s failed for good, kept as a dead letter: %s", row.id, row.route, row.client, outcome.reason)
-            self._observer.finished(row, "dead")
+            for row in rows:
+                await self._outbox.dead(row.id, row.attempts + 1, outcome.reason)
+                self._observer.finished(row, "dead")
+            log.warning(
+                "delivery %s: %s to %s failed for good%s, kept as a dead letter: %s",
+                first.id, first.route, first.client, together, outcome.reason,
+            )
             return None
         now = time.time()
+        attempt = max(row.attempts for row in rows) + 1
         delay = backoff_delay(attempt, settings, outcome.retry_after)
         if outcome.retry_after is not None:
             lane.paused_until = max(lane.paused_until, now + min(outcome.retry_after, settings.backoff_max))
-        if now + delay - row.created_at > settings.max_age:
-            reason = f"gave up after {attempt} attempts over {_age(now - row.created_at)} (delivery.max_age): {outcome.reason}"
-            await self._outbox.dead(row.id, attempt, reason)
-            log.warning("delivery %s: %s to %s expired, kept as a dead letter: %s", row.id, row.route, row.client, reason)
-            self._observer.finished(row, "dead")
+        retry = False
+        for row in rows:
+            if now + delay - row.created_at > settings.max_age:
+                reason = f"gave up after {row.attempts + 1} attempts over {_age(now - row.created_at)} (delivery.max_age): {outcome.reason}"
+                await self._outbox.dead(row.id, row.attempts + 1, reason)
+                log.warning("delivery %s: %s to %s expired, kept as a dead letter: %s", row.id, row.route, row.client, reason)
+                self._observer.finished(row, "dead")
+            else:
+                await self._outbox.retry_later(row.id, row.attempts + 1, now + delay, outcome.reason)
+                self._observer.retried(row)
+                retry = True
+        if not retry:
             return None
-        await self._outbox.retry_later(row.id, attempt, now + delay, outcome.reason)
-        log.info("delivery %s: %s to %s failed (attempt %d), retrying in %.1fs: %s", row.id, row.route, row.client, attempt, delay, outcome.reason)
-        self._observer.retried(row)
+        log.info(
+            "delivery %s: %s to %s failed%s (attempt %d), retrying in %.1fs: %s",
+            first.id, first.route, first.client, together, attempt, delay, outcome.reason,
+        )
         return now + delay
 
     async def stop(self, timeout: float) -> int:
-        """Stop starting deliveries, give those in flight ``timeout`` seconds, cancel the rest
-        (they stay pending for the next start). Returns how many were cancelled."""
+        """Stop starting sends, give those in flight ``timeout`` seconds, cancel the rest (they
+        stay pending for the next start). Returns how many tasks were cancelled."""
         self._stopping = True
         for lane in self._lanes.values():
             if lane.task is not None:
                 lane.task.cancel()
-        lanes = [l.task for l in self._lanes.values() if l.task is not None]
-        await asyncio.gather(*lanes, return_exceptions=True)
+        await asyncio.gather(*(l.task for l in self._lanes.values() if l.task is not None), return_exceptions=True)
         deadline = time.monotonic() + timeout
         cancelled = 0
         while self._tasks:
@@ -244,6 +364,14 @@ class Dispatcher:
             cancelled += len(pending)
             await asyncio.gather(*pending, return_exceptions=True)
         return cancelled
+
+
+def _parse(row: StoredDelivery) -> FigEvent | None:
+    try:
+        return parse_event_body(row.route, row.body)
+    except EventError as exc:
+        log.error("delivery %s: the stored %s event cannot be read: %s", row.id, row.route, exc)
+        return None
 
 
 class DeliveryObserver:

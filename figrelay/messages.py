@@ -58,7 +58,7 @@ class Severity(enum.Enum):
 
 
 _RANK = {Severity.GOOD: 0, Severity.INFO: 1, Severity.WARNING: 2, Severity.CRITICAL: 3}
-_EMOJI = {Severity.GOOD: "✅", Severity.INFO: "ℹ️", Severity.WARNING: "⚠️", Severity.CRITICAL: "🚨"}
+_EMOJI = {Severity.GOOD: "✅", Severity.INFO: "\N{INFORMATION SOURCE}\ufe0f", Severity.WARNING: "⚠️", Severity.CRITICAL: "🚨"}
 _COLOUR = {Severity.GOOD: "#2EB67D", Severity.INFO: "#1D9BD1", Severity.WARNING: "#ECB22E", Severity.CRITICAL: "#E01E5A"}
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from figrelay.config import Config, ConfigError, HookConfig, Listener, Problem, load_config, parse_config
 from figrelay.durations import Duration, parse_duration
+from figrelay.hookspecs import hookimpl
 from figrelay.plugins import PluginRegistry, load_plugins
 
 REPO = Path(__file__).resolve().parent.parent
@@ -766,3 +767,76 @@ def test_parse_config_directly(registry: PluginRegistry, tmp_path: Path) -> None
     assert config.state_dir == tmp_path.resolve() / "state"
     assert [h.client for h in config.hooks] == ["console"]
     assert "1 clients, 1 hooks" in config.summary()
+
+
+# --- message templates and the core's client keys -------------------------------------------------
+
+
+def _chat_registry() -> PluginRegistry:
+    """The installed plugins plus a message-rendering client type, as Slack's would be."""
+    from figrelay.delivery import ClientOptions, ClientType, Delivered
+
+    class ChatOptions(ClientOptions):
+        room: str = "ops"
+
+    class ChatTarget:
+        def __init__(self, context):
+            pass
+
+        async def deliver(self, delivery):
+            return Delivered()
+
+        async def aclose(self):
+            pass
+
+    class ChatPlugin:
+        @hookimpl
+        def figrelay_client_types(self, register):
+            register(ClientType("chat", ChatOptions, ChatTarget, renders_messages=True, default_min_interval=1.0, default_coalesce=10.0))
+
+    return load_plugins([("chat", ChatPlugin())])
+
+
+def test_message_templates_and_pacing_keys(tmp_path: Path) -> None:
+    path = tmp_path / "figrelay.yaml"
+    path.write_text(
+        "clients:\n"
+        "  - name: chat\n"
+        "    type: chat\n"
+        "    title: '{{ ClientName }}: {{ message.title }}'\n"
+        "    coalesce: 30s\n"
+        "  - {name: quick, type: chat, min_interval: 0, coalesce: 0}\n"
+        "hooks:\n"
+        "  - {event: SettingValueChanged, client: chat, text: 'by {{ Username }}'}\n"
+        "  - {event: SecurityEvent, client: quick}\n"
+    )
+    config = load_config(path, _chat_registry())
+    chat, quick = config.clients["chat"], config.clients["quick"]
+    assert chat.templates.title.startswith("{{ ClientName }}") and chat.coalesce == 30 and chat.min_interval == 1.0
+    assert quick.coalesce == 0 and quick.min_interval == 0 and quick.templates is None
+    assert config.hooks[0].templates.text == "by {{ Username }}"
+
+
+def test_template_problems_are_config_errors(tmp_path: Path) -> None:
+    path = tmp_path / "figrelay.yaml"
+    path.write_text(
+        "clients:\n"
+        "  - name: chat\n"
+        "    type: chat\n"
+        "    title: '{{ ClientName }}'\n"            # fails on SecurityEvent, which has no ClientName
+        "  - name: siem\n"
+        "    type: http\n"
+        "    base_uri: https://x.example.com/\n"
+        "    title: nope\n"
+        "hooks:\n"
+        "  - {event: SecurityEvent, client: chat}\n"
+        "  - {event: SettingValueChanged, client: chat, text: '{{ Username '}\n"
+        "  - {event: SettingValueChanged, client: chat, text: '{{ Usrname }}'}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, _chat_registry())
+    text = str(info.value)
+    assert f"{path}:4: clients[0].title: bad template: fails on a sample SecurityEvent event: UndefinedError: 'ClientName' is undefined" in text
+    assert f"{path}:8: clients[1].title: the 'http' client type sends events as they are, not messages" in text
+    assert f"{path}:11: hooks[1].text: bad template: template syntax error" in text
+    assert f"{path}:12: hooks[2].text: bad template: fails on a sample SettingValueChanged event: UndefinedError: 'Usrname' is undefined" in text

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
@@ -92,7 +92,8 @@ class _Collector:
 
 # --- YAML with line numbers and ${...} substitution -------------------------------------------
 
-_SUBST = re.compile(r"\$\$|\$\{([^}]*)\}")
+_SUBST = re.compile(r"\$\$|\$\{((?:[^{}]|\$\{[^{}]*\})*)\}")
+"""``$$``, or ``${...}`` holding at most one nested ``${VAR}`` (``${file:${CREDENTIALS_DIRECTORY}/x}``)."""
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -105,7 +106,8 @@ def _substitute(text: str, path: Path_, base_dir: Path, out: _Collector) -> str:
             return "$"
         expr = m.group(1).strip()
         if expr.startswith("file:"):
-            target = Path(os.path.expanduser(expr[5:].strip()))
+            inner = _SUBST.sub(one, expr[5:].strip()) if "${" in expr else expr[5:].strip()
+            target = Path(os.path.expanduser(inner))
             if not target.is_absolute():
                 target = base_dir / target
             try:
@@ -321,6 +323,7 @@ class _TopModel(BaseModel):
     delivery: DeliverySettings = DeliverySettings()
     clients: list[Any] = []
     hooks: list[Any] = []
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 def _valid_top_key(key: str, value: Any) -> bool:
@@ -377,6 +380,7 @@ class Config:
     clients: Mapping[str, ClientConfig]
     hooks: tuple[HookConfig, ...]
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    log_level: str = "info"
     """Every credential value in the file, so logs and errors can redact them."""
 
     def summary(self) -> str:
@@ -663,4 +667,5 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
         clients=clients,
         hooks=tuple(hooks),
         secrets=frozenset(secrets),
+        log_level=top.log_level,
     )

@@ -15,7 +15,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 
 import aiohttp
@@ -26,11 +26,13 @@ from .config import ConfigError, Listener
 from .dispatch import ClientRoute, Dispatcher, Routing
 from .intake import Intake
 from .logs import redactor
+from .metrics import Metrics
 from .outbox import Outbox, OutboxError
 from .plugins import PluginRegistry
 from .reload import ConfigHolder, LiveConfig, watch_config
 from .server import create_app
 from .sessions import SessionTracker
+from .systemd import Notifier, inherited_sockets
 
 log = logging.getLogger("figrelay")
 
@@ -75,9 +77,37 @@ def describe(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set). Raises ConfigError or StartupError."""
+async def _watch_outbox(outbox: Outbox, dispatcher: Dispatcher, clients: Callable[[], Iterable[str]], every: float = 1.0) -> None:
+    """Pick up deliveries another process revived (``figrelay deliveries retry``): SQLite's
+    data_version changes exactly when another connection commits."""
+    version = await outbox.data_version()
+    while True:
+        await asyncio.sleep(every)
+        try:
+            now = await outbox.data_version()
+            if now == version:
+                continue
+            version = now
+            known = set(clients())
+            dispatcher.schedule(p for p in await outbox.pending_schedule() if p[1] in known)
+        except Exception as exc:
+            log.error("cannot check the outbox for outside changes: %s", exc)
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    """Ping systemd's watchdog from the event loop: a wedged loop stops the pings."""
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)
+
+
+async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event | None = None, log_level: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set). Raises ConfigError or StartupError.
+    ``log_level`` (the command line's) overrides the configuration's ``log_level``."""
     loop = asyncio.get_running_loop()
+    notifier = Notifier()
+    metrics = Metrics()
+    metrics.plugin_failures.set(len(registry.failures))
     stop = stop or asyncio.Event()
     background: set[asyncio.Task[object]] = set()
 
@@ -94,6 +124,11 @@ async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event
     async with aiohttp.ClientSession(timeout=timeout, connector=connector, headers={"User-Agent": f"figrelay/{__version__}"}) as http:
         holder = ConfigHolder(config_path, registry, http)
         holder.listeners.append(lambda live, old, removed: redactor.update(live.config.secrets))
+        if log_level is None:
+            holder.listeners.append(lambda live, old, removed: logging.getLogger().setLevel(live.config.log_level.upper()))
+        holder.reload_started.append(notifier.reloading)
+        holder.reload_finished.append(lambda result: metrics.reloaded(result.applied))
+        holder.reload_finished.append(lambda result: notifier.ready(f"serving {holder.current.config.summary()}"))
         live = await holder.load()
         config = live.config
 
@@ -105,7 +140,7 @@ async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event
             raise StartupError(f"{exc} (check state_dir in {config_path})") from None
         try:
             sessions = SessionTracker(await outbox.sessions())
-            dispatcher = Dispatcher(outbox, routing_of(live))
+            dispatcher = Dispatcher(outbox, routing_of(live), metrics)
 
             def on_swap(new: LiveConfig, old: LiveConfig | None, removed: tuple[str, ...]) -> None:
                 dispatcher.set_routing(routing_of(new))
@@ -122,12 +157,16 @@ async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event
             if pending:
                 log.info("resuming %d pending deliveries", sum(1 for p in pending if p[1] in config.clients))
 
-            intake = Intake(holder, sessions, outbox, dispatcher)
-            app = create_app(intake, holder, lambda: ready)
+            intake = Intake(holder, sessions, outbox, dispatcher, metrics)
+            app = create_app(intake, holder, lambda: ready, outbox, metrics)
             runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.delivery.shutdown_timeout)
             await runner.setup()
             try:
-                sockets = [bind(listener) for listener in config.listen]
+                sockets = inherited_sockets()
+                if sockets:
+                    log.info("using %d socket(s) from systemd socket activation; 'listen' is not used", len(sockets))
+                else:
+                    sockets = [bind(listener) for listener in config.listen]
                 for sock in sockets:
                     await web.SockSite(runner, sock).start()
                     log.info("listening on %s", describe(sock))
@@ -136,17 +175,25 @@ async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event
                 loop.add_signal_handler(signal.SIGINT, stop.set)
                 loop.add_signal_handler(signal.SIGHUP, lambda: spawn(holder.reload("SIGHUP")))
                 state_dir = config.state_dir.resolve()
-                watcher = loop.create_task(watch_config(holder, ignore=lambda p: state_dir in p.resolve().parents or p.resolve() == state_dir))
+                chores = [
+                    loop.create_task(watch_config(holder, ignore=lambda p: state_dir in p.resolve().parents or p.resolve() == state_dir)),
+                    loop.create_task(_watch_outbox(outbox, dispatcher, lambda: holder.current.config.clients)),
+                ]
+                if notifier.watchdog_interval:
+                    chores.append(loop.create_task(_watchdog(notifier, notifier.watchdog_interval)))
                 ready = True
+                notifier.ready(f"serving {config.summary()}")
                 log.info(
                     "figrelay %s ready in %.2fs: %s; %d sessions tracked",
                     __version__, time.monotonic() - started, config.summary(), sessions.total(),
                 )
                 await stop.wait()
                 ready = False
+                notifier.stopping()
                 log.info("stopping: no new events; finishing requests in progress")
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+                for chore in chores:
+                    chore.cancel()
+                await asyncio.gather(*chores, return_exceptions=True)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
             finally:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .dispatch import Dispatcher
 from .events import ClientStatusChanged, FigEvent
+from .metrics import Metrics
 from .outbox import NewDelivery, Outbox, SessionWrite
 from .reload import ConfigHolder
 from .sessions import SessionTracker, crossings
@@ -33,7 +34,8 @@ def new_delivery_id() -> str:
 
 
 class Intake:
-    def __init__(self, holder: ConfigHolder, sessions: SessionTracker, outbox: Outbox, dispatcher: Dispatcher) -> None:
+    def __init__(self, holder: ConfigHolder, sessions: SessionTracker, outbox: Outbox, dispatcher: Dispatcher, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics or Metrics()
         self._holder = holder
         self._sessions = sessions
         self._outbox = outbox
@@ -80,6 +82,8 @@ class Intake:
                     self._sessions.undo(change)
                 raise
             self._dispatcher.schedule((d.id, d.client, now) for d in new)
+            for d in new:
+                self._metrics.matches.labels(d.client, d.route).inc()
         subject = event.setting_client or getattr(event, "username", None) or "-"
         if new:
             log.info(

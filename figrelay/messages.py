@@ -89,7 +89,7 @@ class Message:
     @property
     def summary(self) -> str:
         """A one-line fallback (notifications, plain-text parts): emoji, test marker, title."""
-        test = "[TEST] " if self.is_test else ""
+        test = "[TEST] " if self.is_test and not self.title.lower().startswith("[test]") else ""
         return f"{self.severity.emoji} {test}{self.title}"
 
 

@@ -317,6 +317,30 @@ class Outbox:
 
         return await self._run(read)
 
+    async def stats(self) -> dict[str, tuple[int, int, float | None]]:
+        """Per client: (pending, dead, created_at of the oldest pending)."""
+
+        def read() -> dict[str, tuple[int, int, float | None]]:
+            assert self._conn is not None
+            rows = self._conn.execute(
+                "SELECT client, SUM(state = 'pending'), SUM(state = 'dead'), MIN(CASE WHEN state = 'pending' THEN created_at END)"
+                " FROM deliveries GROUP BY client"
+            ).fetchall()
+            return {client: (int(pending or 0), int(dead or 0), oldest) for client, pending, dead, oldest in rows}
+
+        return await self._run(read)
+
+    async def data_version(self) -> int:
+        """Changes whenever another process (``figrelay deliveries ...``) commits to the outbox."""
+        assert self._conn is not None
+        conn = self._conn
+        return await self._run(lambda: conn.execute("PRAGMA data_version").fetchone()[0])
+
+    async def check_writable(self) -> None:
+        """A real, durable write; raises OutboxError when the outbox cannot be written."""
+        stamp = str(time.time())
+        await self._write(lambda conn: conn.execute("INSERT OR REPLACE INTO meta VALUES ('heartbeat', ?)", (stamp,)))
+
     async def sessions(self) -> list[tuple[str, str]]:
         def read() -> list[tuple[str, str]]:
             assert self._conn is not None

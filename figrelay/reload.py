@@ -56,11 +56,17 @@ class ConfigHolder:
     registry: PluginRegistry
     http: aiohttp.ClientSession
     listeners: list[SwapListener] = field(default_factory=list)
+    reload_started: list[Callable[[], object]] = field(default_factory=list)
+    reload_finished: list[Callable[[ReloadResult], object]] = field(default_factory=list)
     _current: LiveConfig | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
     last_reload_ok: bool = True
     _seen_digest: str = ""
+
+    @property
+    def loaded(self) -> bool:
+        return self._current is not None
 
     @property
     def current(self) -> LiveConfig:
@@ -80,6 +86,7 @@ class ConfigHolder:
             digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
         except OSError:
             digest = ""
+        self._seen_digest = digest  # even when invalid: the same bad bytes are not reloaded again
         return load_config(self.path, self.registry), digest
 
     def file_changed(self) -> bool:
@@ -92,28 +99,35 @@ class ConfigHolder:
 
     async def reload(self, reason: str) -> ReloadResult:
         async with self._lock:
-            old = self.current
-            try:
-                config, digest = await asyncio.to_thread(self._read)
-                self._seen_digest = digest
-                live = self._build(config, digest, old)
-            except ConfigError as exc:
-                self.last_reload_ok = False
-                log.error(
-                    "reload (%s) rejected; still serving the previous configuration. Problems:\n%s",
-                    reason, "\n".join(f"  {p}" for p in exc.problems),
-                )
-                return ReloadResult(False, reason, tuple(exc.problems))
-            removed = tuple(sorted(set(old.config.clients) - set(config.clients)))
-            was_bad = not self.last_reload_ok
-            self._swap(live, old)
-            self.last_reload_ok = True
-            for key, then, now in (("listen", old.config.listen, config.listen), ("state_dir", old.config.state_dir, config.state_dir)):
-                if then != now:
-                    log.warning("reload (%s): '%s' changed; restart figrelay to apply it (still using the old value)", reason, key)
-            note = " (the file is valid again)" if was_bad else ""
-            log.info("reload (%s) applied%s: %s", reason, note, _counts(config))
-            return ReloadResult(True, reason, (), removed, config.summary())
+            for started in self.reload_started:
+                started()
+            result = await self._reload(reason)
+            for finished in self.reload_finished:
+                finished(result)
+            return result
+
+    async def _reload(self, reason: str) -> ReloadResult:
+        old = self.current
+        try:
+            config, digest = await asyncio.to_thread(self._read)
+            live = self._build(config, digest, old)
+        except ConfigError as exc:
+            self.last_reload_ok = False
+            log.error(
+                "reload (%s) rejected; still serving the previous configuration. Problems:\n%s",
+                reason, "\n".join(f"  {p}" for p in exc.problems),
+            )
+            return ReloadResult(False, reason, tuple(exc.problems))
+        removed = tuple(sorted(set(old.config.clients) - set(config.clients)))
+        was_bad = not self.last_reload_ok
+        self._swap(live, old)
+        self.last_reload_ok = True
+        for key, then, now in (("listen", old.config.listen, config.listen), ("state_dir", old.config.state_dir, config.state_dir)):
+            if then != now:
+                log.warning("reload (%s): '%s' changed; restart figrelay to apply it (still using the old value)", reason, key)
+        note = " (the file is valid again)" if was_bad else ""
+        log.info("reload (%s) applied%s: %s", reason, note, _counts(config))
+        return ReloadResult(True, reason, (), removed, config.summary())
 
     def _build(self, config: Config, digest: str, old: LiveConfig | None) -> LiveConfig:
         targets: dict[str, Target] = {}

@@ -65,3 +65,6 @@ def test_button_events() -> list[FigEvent]:
             data.update(ClientName="Test", Link=TEST_LINK)
         events.append(parse_event(route, data))
     return events
+
+
+test_button_events.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, despite its name

@@ -230,7 +230,7 @@ def test_unknown_client_type_lists_installed_ones(cfg: Loader) -> None:
     p = cfg.problem("clients:\n  - name: a\n    type: slack-ish\n", "clients[0].type")
     assert_problem(p, 3, "clients[0].type", "unknown client type 'slack-ish'", "http", "log")
     p = cfg.problem("clients:\n  - name: a\n    type: htp\n", "clients[0].type")
-    assert_problem(p, 3, "clients[0].type", "did you mean 'http'", "installed: http, log")
+    assert_problem(p, 3, "clients[0].type", "did you mean 'http'", "installed: ", "http", "log")
 
 
 def test_client_without_type_or_name(cfg: Loader) -> None:

@@ -1,0 +1,261 @@
+"""The operator's commands: ``test`` a client, ``send`` an event to a running daemon, show which
+hooks ``matches`` a setting client, and list, retry or purge ``deliveries``.
+
+Each returns the process exit code and prints what a person needs; the argument parsing lives in
+cli.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from .config import Config, HookConfig
+from .daemon import OUTBOX_FILE
+from .delivery import ClientContext, Delivered, Delivery, Failed, Outcome, Retry
+from .events import ROUTES, EventError, parse_event_body
+from .messages import describe
+from .outbox import Outbox, OutboxError, StoredDelivery
+from .plugins import PluginRegistry
+from .samples import test_button_events
+
+
+def table(rows: Sequence[Sequence[str]], out: Any = None) -> None:
+    """Print rows as left-aligned columns; the first row is the header."""
+    out = out or sys.stdout
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+# --- figrelay test CLIENT ---------------------------------------------------------------------
+
+
+async def test_client(config: Config, registry: PluginRegistry, name: str) -> int:
+    """Send Fig's seven Test-button payloads to one client through its plugin, like Fig's Test."""
+    client = config.clients.get(name)
+    if client is None:
+        print(f"figrelay test: no client is named {name!r} in {config.path} (clients: {', '.join(config.clients) or 'none'})", file=sys.stderr)
+        return 2
+    client_type = registry.client_types[client.type]
+    rows = [["EVENT", "RESULT", "TIME", "DETAIL"]]
+    ok = True
+    async with aiohttp.ClientSession(headers={"User-Agent": "figrelay-test"}) as http:
+        context = ClientContext(name, client.options, http, logging.getLogger(f"figrelay.client.{name}"), config.state_dir)
+        target = client_type.open(context)
+        try:
+            for event in test_button_events():
+                message = None
+                if client.renders_messages:
+                    message = describe(event)
+                    if client.templates is not None:
+                        message = client.templates.apply(event, message)
+                delivery = Delivery(uuid.uuid4().hex, name, event, event.to_json(), 1, time.time(), message)
+                started = time.monotonic()
+                try:
+                    async with asyncio.timeout(config.delivery.attempt_timeout):
+                        outcome: Outcome = await target.deliver(delivery)
+                except TimeoutError:
+                    outcome = Retry(f"no outcome within {config.delivery.attempt_timeout:g}s")
+                except Exception as exc:
+                    outcome = Retry(f"plugin error: {type(exc).__name__}: {exc}")
+                elapsed = f"{(time.monotonic() - started) * 1000:.0f} ms"
+                if isinstance(outcome, Delivered):
+                    rows.append([event.route, "ok", elapsed, outcome.detail])
+                else:
+                    ok = False
+                    kind = "failed" if isinstance(outcome, Failed) else "retryable"
+                    reason = outcome.reason + (f" (Retry-After {outcome.retry_after:g}s)" if isinstance(outcome, Retry) and outcome.retry_after else "")
+                    rows.append([event.route, kind, elapsed, reason])
+        finally:
+            await target.aclose()
+    print(f"Fig's test events to {name} ({client.type}):")
+    table(rows)
+    print("all delivered" if ok else "some were not delivered")
+    return 0 if ok else 1
+
+
+# --- figrelay send ROUTE FILE -----------------------------------------------------------------
+
+
+def _daemon_address(config: Config) -> tuple[str, str | None]:
+    """(base URL, unix socket path or None) to reach the daemon of this configuration."""
+    listener = next((l for l in config.listen if l.unix_path is None), None) or config.listen[0]
+    if listener.unix_path is not None:
+        return "http://figrelay", listener.unix_path
+    host = listener.host or "127.0.0.1"
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{listener.port}", None
+
+
+async def send_event(config: Config | None, route: str, body: bytes, url: str | None, secret: str | None) -> int:
+    """POST one event to a running daemon and print its answer."""
+    if route not in ROUTES:
+        print(f"figrelay send: unknown event {route!r}; one of: {', '.join(ROUTES)}", file=sys.stderr)
+        return 2
+    try:
+        parse_event_body(route, body)
+    except EventError as exc:
+        print(f"figrelay send: the file is not a valid {route} event: {exc}", file=sys.stderr)
+        return 2
+    unix = None
+    if url is None:
+        if config is None:
+            print("figrelay send: give --url, or --config to reach the daemon it describes", file=sys.stderr)
+            return 2
+        url, unix = _daemon_address(config)
+        if secret is None and config.intake.secret is not None:
+            secret = config.intake.secret.get_secret_value()
+        if secret is None and config.intake.hashed_secret is not None:
+            print("figrelay send: the configuration holds only the hashed secret; give the plain one with --secret or $FIGRELAY_SECRET", file=sys.stderr)
+            return 2
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    if secret:
+        headers["Authorization"] = f"Secret {secret}"
+    connector = aiohttp.UnixConnector(path=unix) if unix else None
+    try:
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async with http.post(f"{url.rstrip('/')}/{route}", data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                text = await resp.text()
+                status = resp.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        where = f"unix:{unix}" if unix else url
+        print(f"figrelay send: cannot reach figrelay at {where}: {exc or type(exc).__name__} (is it running?)", file=sys.stderr)
+        return 1
+    try:
+        text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except json.JSONDecodeError:
+        pass
+    print(f"HTTP {status}\n{text}")
+    return 0 if 200 <= status < 300 else 1
+
+
+# --- figrelay matches -------------------------------------------------------------------------
+
+
+def _explain(hook: HookConfig, client_name: str | None, settings: Sequence[str]) -> tuple[bool, str]:
+    if hook.event == "SecurityEvent":
+        return True, "SecurityEvent hooks get every login"
+    if client_name is None:
+        return True, f"when the setting client's name matches /{hook.client_regex.pattern}/"
+    if not hook.client_regex.search(client_name):
+        return False, f"/{hook.client_regex.pattern}/ is not found in {client_name!r}"
+    why = f"/{hook.client_regex.pattern}/ found in {client_name!r}"
+    if hook.min_sessions is not None:
+        return True, f"{why}; figrelay raises it when run sessions cross {hook.min_sessions}"
+    if hook.event == "SettingValueChanged" and hook.setting_regex is not None:
+        if not settings:
+            return True, f"{why}; sends only the changed settings matching /{hook.setting_regex.pattern}/"
+        matched = [s for s in settings if hook.setting_regex.search(s)]
+        if not matched:
+            return False, f"{why}, but no setting matches /{hook.setting_regex.pattern}/"
+        return True, f"{why}; would send {', '.join(matched)}"
+    return True, why
+
+
+def matches(config: Config, client_name: str | None, settings: Sequence[str], event: str | None) -> int:
+    """Which hooks would fire, like Fig's match details."""
+    if event is not None and event not in ROUTES:
+        print(f"figrelay matches: unknown event {event!r}; one of: {', '.join(ROUTES)}", file=sys.stderr)
+        return 2
+    rows = [["HOOK", "EVENT", "CLIENT", "FIRES", "WHY"]]
+    firing = 0
+    for hook in config.hooks:
+        if event is not None and hook.event != event:
+            continue
+        if settings and event is None and hook.event != "SettingValueChanged":
+            continue
+        fires, why = _explain(hook, client_name, settings)
+        firing += fires
+        line = f"{hook.index} (line {hook.line})" if hook.line else str(hook.index)
+        rows.append([line, hook.event, hook.client, "yes" if fires else "no", why])
+    if len(rows) == 1:
+        print("no hook is about that event")
+        return 1
+    table(rows)
+    print(f"{firing} of {len(rows) - 1} hooks would fire")
+    return 0 if firing else 1
+
+
+# --- figrelay deliveries ----------------------------------------------------------------------
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+async def _open_outbox(config: Config) -> Outbox | None:
+    path = config.state_dir / OUTBOX_FILE
+    if not path.exists():
+        print(f"no outbox at {path}: has figrelay run with this configuration (state_dir)?", file=sys.stderr)
+        return None
+    outbox = Outbox(path)
+    try:
+        await outbox.open()
+    except OutboxError as exc:
+        print(f"figrelay deliveries: {exc}", file=sys.stderr)
+        return None
+    return outbox
+
+
+async def deliveries(config: Config, action: str, ids: Sequence[str], client: str | None, state: str, all_dead: bool, limit: int) -> int:
+    outbox = await _open_outbox(config)
+    if outbox is None:
+        return 1
+    try:
+        if action == "list":
+            rows = await outbox.list(None if state == "all" else state, client, limit)
+            _print_deliveries(rows)
+            return 0
+        if not ids and client is None and not all_dead:
+            print(f"figrelay deliveries {action}: name delivery ids, --client NAME or --all-dead", file=sys.stderr)
+            return 2
+        if action == "retry":
+            revived = await outbox.revive(ids, client=client, all_dead=all_dead)
+            unknown = sorted({c for _, c in revived} - set(config.clients))
+            print(f"{len(revived)} dead letters are pending again; a running figrelay picks them up within seconds")
+            if unknown:
+                print(f"warning: {', '.join(unknown)} is not in the configuration: those deliveries will die again", file=sys.stderr)
+            return 0 if revived else 1
+        count = await outbox.purge(ids, client=client, all_dead=all_dead)
+        print(f"{count} dead letters deleted")
+        return 0 if count else 1
+    finally:
+        await outbox.close()
+
+
+def _print_deliveries(rows: list[StoredDelivery]) -> None:
+    if not rows:
+        print("no deliveries")
+        return
+    now = time.time()
+    out = [["ID", "CLIENT", "EVENT", "STATE", "ATTEMPTS", "AGE", "NEXT TRY", "LAST ERROR"]]
+    for r in rows:
+        next_try = ("now" if r.next_attempt_at <= now else f"in {_age(r.next_attempt_at - now)}") if r.state == "pending" else "-"
+        error = (r.last_error or "-").replace("\n", " ")
+        out.append([r.id, r.client, r.route, r.state, str(r.attempts), _age(now - r.created_at), next_try, error[:100]])
+    table(out)
+    pending = sum(r.state == "pending" for r in rows)
+    print(f"{pending} pending, {len(rows) - pending} dead")
+
+
+__all__ = ["deliveries", "matches", "send_event", "test_client"]

@@ -1,0 +1,91 @@
+"""Prometheus metrics (``GET /metrics``).
+
+Labels are bounded: the configured client names and Fig's seven event types, never a setting
+client's name (unbounded, and chosen by whoever can post events).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .delivery import Delivered, Delivery, Failed, Outcome
+from .dispatch import DeliveryObserver
+from .outbox import StoredDelivery
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+# From a fraction of a second (a healthy target) to a day (retries over an outage).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
+ATTEMPT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics(DeliveryObserver):
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events = Counter("figrelay_events_received", "Events received on the intake, by type and outcome", ["event", "outcome"], registry=r)
+        self.matches = Counter("figrelay_hook_matches", "Deliveries created by hook matches (and session thresholds)", ["client", "event"], registry=r)
+        self.deliveries = Counter("figrelay_deliveries", "Delivery outcomes by client: delivered, retried or dead", ["client", "outcome"], registry=r)
+        self.latency = Histogram(
+            "figrelay_delivery_latency_seconds", "Time from accepting an event to delivering it, retries included", ["client"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.attempt = Histogram(
+            "figrelay_delivery_attempt_seconds", "Duration of one delivery attempt", ["client"], buckets=ATTEMPT_BUCKETS, registry=r
+        )
+        self.pending = Gauge("figrelay_outbox_pending", "Deliveries waiting in the outbox", ["client"], registry=r)
+        self.dead = Gauge("figrelay_outbox_dead", "Dead letters kept in the outbox", ["client"], registry=r)
+        self.oldest = Gauge("figrelay_outbox_oldest_pending_age_seconds", "Age of the oldest pending delivery", ["client"], registry=r)
+        self.sessions = Gauge("figrelay_sessions_tracked", "Run sessions figrelay currently counts", registry=r)
+        self.reloads = Counter("figrelay_config_reloads", "Configuration reloads by result", ["result"], registry=r)
+        self.reload_ok = Gauge("figrelay_config_last_reload_successful", "1 when the last reload was applied, 0 when it was rejected", registry=r)
+        self.reload_time = Gauge("figrelay_config_last_reload_success_timestamp_seconds", "When a configuration was last applied", registry=r)
+        self.plugin_failures = Gauge("figrelay_plugin_load_failures", "Plugins that failed to load", registry=r)
+        self.up_since = Gauge("figrelay_start_time_seconds", "When the daemon started", registry=r)
+        self.reload_ok.set(1)
+        self.reload_time.set(time.time())
+        self.up_since.set(time.time())
+
+    # --- DeliveryObserver ---------------------------------------------------------------------
+
+    def attempted(self, delivery: Delivery, outcome: Outcome, seconds: float) -> None:
+        self.attempt.labels(delivery.client).observe(seconds)
+
+    def finished(self, row: StoredDelivery, result: str) -> None:
+        self.deliveries.labels(row.client, result).inc()
+        if result == "delivered":
+            self.latency.labels(row.client).observe(max(0.0, time.time() - row.created_at))
+
+    def retried(self, row: StoredDelivery) -> None:
+        self.deliveries.labels(row.client, "retried").inc()
+
+    # --- the rest -------------------------------------------------------------------------------
+
+    def reloaded(self, applied: bool) -> None:
+        self.reloads.labels("applied" if applied else "rejected").inc()
+        self.reload_ok.set(1 if applied else 0)
+        if applied:
+            self.reload_time.set(time.time())
+
+    def set_outbox(self, stats: dict[str, tuple[int, int, float | None]], clients: list[str]) -> None:
+        """Per client: (pending, dead, oldest pending created_at). Clients with none read 0."""
+        now = time.time()
+        for client in set(clients) | set(stats):
+            pending, dead, oldest = stats.get(client, (0, 0, None))
+            self.pending.labels(client).set(pending)
+            self.dead.labels(client).set(dead)
+            self.oldest.labels(client).set(max(0.0, now - oldest) if oldest is not None else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def outcome_name(outcome: Outcome) -> str:
+    if isinstance(outcome, Delivered):
+        return "delivered"
+    if isinstance(outcome, Failed):
+        return "dead"
+    return "retried"

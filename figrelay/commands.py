@@ -22,6 +22,7 @@ from .config import Config, HookConfig
 from .daemon import OUTBOX_FILE
 from .delivery import ClientContext, Delivered, Delivery, Failed, Outcome, Retry
 from .events import ROUTES, EventError, parse_event_body
+from .logs import redactor
 from .messages import describe
 from .outbox import Outbox, OutboxError, StoredDelivery
 from .plugins import PluginRegistry
@@ -74,7 +75,7 @@ async def test_client(config: Config, registry: PluginRegistry, name: str) -> in
                     ok = False
                     kind = "failed" if isinstance(outcome, Failed) else "retryable"
                     reason = outcome.reason + (f" (Retry-After {outcome.retry_after:g}s)" if isinstance(outcome, Retry) and outcome.retry_after else "")
-                    rows.append([event.route, kind, elapsed, reason])
+                    rows.append([event.route, kind, elapsed, redactor.redact(reason)])
         finally:
             await target.aclose()
     print(f"Fig's test events to {name} ({client.type}):")
@@ -221,6 +222,7 @@ async def deliveries(config: Config, action: str, ids: Sequence[str], client: st
     outbox = await _open_outbox(config)
     if outbox is None:
         return 1
+    redactor.update(config.secrets)
     try:
         if action == "list":
             rows = await outbox.list(None if state == "all" else state, client, limit)
@@ -251,7 +253,7 @@ def _print_deliveries(rows: list[StoredDelivery]) -> None:
     out = [["ID", "CLIENT", "EVENT", "STATE", "ATTEMPTS", "AGE", "NEXT TRY", "LAST ERROR"]]
     for r in rows:
         next_try = ("now" if r.next_attempt_at <= now else f"in {_age(r.next_attempt_at - now)}") if r.state == "pending" else "-"
-        error = (r.last_error or "-").replace("\n", " ")
+        error = redactor.redact(r.last_error or "-").replace("\n", " ")
         out.append([r.id, r.client, r.route, r.state, str(r.attempts), _age(now - r.created_at), next_try, error[:100]])
     table(out)
     pending = sum(r.state == "pending" for r in rows)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
@@ -473,6 +474,19 @@ def _templates(
     return MessageTemplates(title, text) if ok else None
 
 
+def _with_url_parts(secrets: set[str]) -> set[str]:
+    """A credential URL leaks through its path or query alone too (a Slack webhook's path, a
+    Teams workflow's sig=): redact those parts as well."""
+    out = set(secrets)
+    for secret in secrets:
+        if not secret.startswith(("http://", "https://")):
+            continue
+        parts = urlsplit(secret)
+        out |= {p for p in (parts.path, parts.query) if len(p) >= 12}
+        out |= {value for _, value in parse_qsl(parts.query) if len(value) >= 8}
+    return out
+
+
 def _compile(pattern: Any, path: Path_, out: _Collector) -> re.Pattern[str] | None:
     try:
         return re.compile(str(pattern))
@@ -666,6 +680,6 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
         delivery=top.delivery,
         clients=clients,
         hooks=tuple(hooks),
-        secrets=frozenset(secrets),
+        secrets=frozenset(_with_url_parts(secrets)),
         log_level=top.log_level,
     )

@@ -27,11 +27,12 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .config import DeliverySettings, HookConfig
 from .delivery import Delivered, Delivery, Failed, Outcome, Retry, Target
 from .events import EventError, FigEvent, parse_event_body
+from .logs import redactor
 from .messages import describe, digest
 from .outbox import Outbox, StoredDelivery
 from .templates import MessageTemplates
@@ -301,6 +302,9 @@ class Dispatcher:
         """Store a send's outcome for every row it stood for; return when to try again, or None."""
         together = f" (with {len(rows) - 1} more in one digest)" if len(rows) > 1 else ""
         first = rows[0]
+        if not isinstance(outcome, Delivered):
+            # a target may echo a credential back (a proxy's error page): never store or show it
+            outcome = replace(outcome, reason=redactor.redact(outcome.reason))
         if isinstance(outcome, Delivered):
             for row in rows:
                 await self._outbox.delivered(row.id)

@@ -1,0 +1,56 @@
+"""config.example.yaml runs as shipped, and each commented example in it is valid too."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from figrelay.config import load_config
+from figrelay.plugins import load_plugins
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
+
+
+def test_example_as_shipped_is_valid_and_relays_to_the_log_client():
+    config = load_config(EXAMPLE, load_plugins())
+    assert [c.type for c in config.clients.values()] == ["log"]
+    assert {h.event for h in config.hooks} == {
+        "ClientStatusChanged", "SettingValueChanged", "NewClientRegistration", "UpdatedClientRegistration",
+        "MinRunSessions", "HealthStatusChanged", "SecurityEvent",
+    }
+
+
+def test_every_commented_example_is_valid_once_uncommented(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIEM_SECRET", "siem-secret")
+    monkeypatch.setenv("SIEM_SIGNING_KEY", "whsec_c2lnbmluZy1rZXk=")
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T000/B000/XXXX")
+    monkeypatch.setenv("TEAMS_WORKFLOW_URL", "https://prod-00.westeurope.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?sig=x")
+    monkeypatch.setenv("SMTP_PASSWORD", "pw")
+    # the client and hook examples are the commented lines that start a list item or continue one
+    text = re.sub(r"(?m)^  # (- |  )", r"  \1", EXAMPLE.read_text())
+    text = text.replace("ca_file: /etc/ssl/private-ca.pem", "ca_file: " + str(tmp_path / "ca.pem"))
+    uncommented = tmp_path / "all.yaml"
+    uncommented.write_text(text)
+    _self_signed(tmp_path / "ca.pem")
+    config = load_config(uncommented, load_plugins())
+    assert {c.type for c in config.clients.values()} == {"log", "http", "slack", "teams", "email"}
+    assert config.clients["ops-slack"].templates is not None and config.clients["ops-slack"].coalesce == 10
+
+
+def _self_signed(path: Path) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

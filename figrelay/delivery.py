@@ -8,6 +8,7 @@ Nothing here knows a particular target.
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import logging
 import math
 import time
@@ -40,6 +41,8 @@ __all__ = [
     "parse_retry_after",
     "redact_url",
     "body_excerpt",
+    "check_https_url",
+    "is_loopback_host",
 ]
 
 
@@ -208,6 +211,34 @@ def outcome_for_status(status: int, headers: Mapping[str, str], body: bytes | st
     if status in RETRYABLE_STATUSES:
         return Retry(reason, parse_retry_after(headers.get("Retry-After")))
     return Failed(reason)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_https_url(url: str, example: str) -> None:
+    """For a pydantic validator: an https URL with a host, or http to this machine only (a local
+    test server or a sidecar proxy). Raises ValueError with a message that never repeats the URL,
+    which may be a credential."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises on a port that is not a number
+    except ValueError:
+        raise ValueError(f"is not a valid URL; expected e.g. {example}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(f"must be an https:// URL with a host, e.g. {example}")
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise ValueError("must use https:// (plain http:// is allowed only for 127.0.0.1, localhost or ::1)")
 
 
 def redact_url(url: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -36,3 +36,13 @@ def parse_duration(value: Any) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """A pydantic field type for plugin options: ``timeout: Duration = 10.0`` accepts ``10``, ``"10s"``, ``"1m"``."""
+
+
+def _request_timeout(seconds: float) -> float:
+    if not 0 < seconds <= 600:
+        raise ValueError("must be more than 0 and at most 10m")
+    return seconds
+
+
+Timeout = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_request_timeout)]
+"""A plugin's network timeout: a Duration above 0 and at most 10 minutes."""

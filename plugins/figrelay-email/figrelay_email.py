@@ -40,7 +40,7 @@ import aiosmtplib
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from figrelay.delivery import ClientContext, ClientOptions, ClientType, Delivered, Delivery, Failed, Outcome, Retry, body_excerpt
-from figrelay.durations import Duration
+from figrelay.durations import Duration, Timeout
 from figrelay.hookspecs import hookimpl
 from figrelay.messages import MAX_DIGEST_LINES, Message, describe
 from figrelay.templates import TemplateError, check_template, render_template
@@ -124,7 +124,7 @@ class EmailOptions(ClientOptions):
     """A PEM bundle of certificate authorities to trust instead of the system's."""
     subject: str | None = None
     """A Jinja template for the subject; by default ``[Fig] <title>`` (``[Fig][TEST] ...`` for tests)."""
-    timeout: Duration = 30.0
+    timeout: Timeout = 30.0
     """For a whole send: connecting, TLS, login and the mail transaction."""
     keepalive: Duration = 30.0
     """How long an idle connection stays open for the next mail (0: close after each)."""
@@ -198,13 +198,6 @@ class EmailOptions(ClientOptions):
             if not v.strip():
                 raise ValueError("must not be empty; leave it out for the default subject")
             check_template(v)
-        return v
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, v: float) -> float:
-        if not 0 < v <= 600:
-            raise ValueError("must be more than 0 and at most 10m")
         return v
 
     @field_validator("keepalive")

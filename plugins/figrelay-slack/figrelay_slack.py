@@ -46,15 +46,15 @@ from figrelay.delivery import (
     Outcome,
     Retry,
     body_excerpt,
+    check_https_url,
     parse_retry_after,
     redact_url,
 )
-from figrelay.durations import Duration
+from figrelay.durations import Timeout
 from figrelay.hookspecs import hookimpl
 from figrelay.messages import Fact, Message, describe
 
 DEFAULT_API_URL = "https://slack.com/api/"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 TOKEN_PREFIXES = ("xoxb-", "xoxp-")
 
 # Block Kit's limits (characters, counted here in UTF-16 code units, which is never fewer)
@@ -121,20 +121,6 @@ _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{1,63}")
 # --- options ------------------------------------------------------------------------------------
 
 
-def _check_url(url: str, example: str) -> None:
-    """https, or http to this machine only (a local test server or a sidecar proxy). The messages
-    never repeat the URL: a Slack webhook URL is a credential."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        raise ValueError(f"is not a valid URL; expected e.g. {example}") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise ValueError(f"must be an https:// URL with a host, e.g. {example}")
-    if parts.scheme == "http" and host not in LOOPBACK_HOSTS:
-        raise ValueError("must use https:// (plain http:// is allowed only for 127.0.0.1, localhost or ::1)")
-
-
 class SlackOptions(ClientOptions):
     # the URL and the token must never be echoed in a validation error
     model_config = ConfigDict(hide_input_in_errors=True)
@@ -149,7 +135,7 @@ class SlackOptions(ClientOptions):
     """Bot-token mode: Slack's Web API base; messages go to ``<api_url>chat.postMessage``."""
     username: str | None = None
     icon_emoji: str | None = None
-    timeout: Duration = 10.0
+    timeout: Timeout = 10.0
 
     @field_validator("webhook_url", "token", mode="before")
     @classmethod
@@ -162,7 +148,7 @@ class SlackOptions(ClientOptions):
     def _webhook_url(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None:
             url = v.get_secret_value()
-            _check_url(url, "https://hooks.slack.com/services/T000/B000/XXXX")
+            check_https_url(url, "https://hooks.slack.com/services/T000/B000/XXXX")
             if not urlsplit(url).path.strip("/"):
                 raise ValueError("must be the whole webhook URL Slack gave you, e.g. https://hooks.slack.com/services/T000/B000/XXXX")
         return v
@@ -193,7 +179,7 @@ class SlackOptions(ClientOptions):
     @field_validator("api_url")
     @classmethod
     def _api_url(cls, v: str) -> str:
-        _check_url(v, DEFAULT_API_URL)
+        check_https_url(v, DEFAULT_API_URL)
         parts = urlsplit(v)
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError(f"must be a plain base URL without a query, fragment or credentials, e.g. {DEFAULT_API_URL}")
@@ -211,13 +197,6 @@ class SlackOptions(ClientOptions):
     def _icon_emoji(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r":[^:\s]+:", v):
             raise ValueError("must be an emoji name between colons, e.g. :gear:")
-        return v
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, v: float) -> float:
-        if not 0 < v <= 600:
-            raise ValueError("must be more than 0 and at most 10m")
         return v
 
     @model_validator(mode="after")

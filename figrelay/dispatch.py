@@ -158,8 +158,12 @@ class Dispatcher:
             # 1. take due rows out of the heap and read them
             if lane.heap and lane.fetching == 0:
                 if lane.heap[0][0] <= now:
-                    # group a burst whole when coalescing; else read no more than can be sent
-                    room = MAX_FETCH if route and route.coalesce else max(0, (route.max_in_flight if route else 1) - lane.sending - len(lane.groups))
+                    # group a burst whole when coalescing (holding at most MAX_FETCH rows in
+                    # memory); else read no more than can be sent
+                    if route and route.coalesce:
+                        room = MAX_FETCH - sum(len(g.rows) for g in lane.groups.values())
+                    else:
+                        room = max(0, (route.max_in_flight if route else 1) - lane.sending - len(lane.groups))
                     ids = []
                     while lane.heap and len(ids) < room and lane.heap[0][0] <= now:
                         ids.append(heapq.heappop(lane.heap)[2])

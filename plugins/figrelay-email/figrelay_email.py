@@ -276,7 +276,7 @@ def render_text(message: Message, delivery_id: str = "") -> str:
 
 
 _FONT = "font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;"
-_CELL = "padding:6px 12px 6px 0;border-top:1px solid #EEEEEE;vertical-align:top;"
+_CELL = "padding:6px 12px 6px 0;border-top:1px solid #EEEEEE;vertical-align:top;word-break:break-word;overflow-wrap:anywhere;"
 
 
 def _html_text(text: str) -> str:
@@ -345,7 +345,8 @@ def render_html(message: Message, delivery_id: str = "") -> str:
         f'<body style="margin:0;padding:0;background:#F4F5F7;{_FONT}">\n'
         '<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="background:#F4F5F7;"><tr><td align="center" style="padding:16px;">\n'
         '<table role="presentation" width="600" cellpadding="0" cellspacing="0" '
-        f'style="width:100%;max-width:600px;background:#FFFFFF;border:1px solid #DDDDDD;border-collapse:collapse;{_FONT}font-size:14px;color:#1D1C1D;">\n'
+        f'style="width:100%;max-width:600px;table-layout:fixed;word-break:break-word;overflow-wrap:anywhere;background:#FFFFFF;'
+        f'border:1px solid #DDDDDD;border-collapse:collapse;{_FONT}font-size:14px;color:#1D1C1D;">\n'
         + "\n".join(rows)
         + "\n</table>\n</td></tr></table>\n</body></html>\n"
     )

@@ -52,7 +52,7 @@ from figrelay.delivery import (
 )
 from figrelay.durations import Timeout
 from figrelay.hookspecs import hookimpl
-from figrelay.messages import Fact, Message, describe
+from figrelay.messages import MAX_DIGEST_LINES, Fact, Message, describe
 
 DEFAULT_API_URL = "https://slack.com/api/"
 TOKEN_PREFIXES = ("xoxb-", "xoxp-")
@@ -310,7 +310,7 @@ def _item_lines(items: Sequence[Message]) -> str:
     room = MAX_SECTION_TEXT - 60  # keeps space for the "… and N more" line
     for n, item in enumerate(items):
         line = f"{item.severity.emoji} {clip(escape(_one_line(item.title)), MAX_ITEM_TITLE)}"
-        if used + units(line) + 1 > room:
+        if n == MAX_DIGEST_LINES or used + units(line) + 1 > room:
             lines.append(f"… and {len(items) - n} more {TRUNCATED.removeprefix('… ')}")
             break
         lines.append(line)

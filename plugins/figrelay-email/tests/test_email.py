@@ -306,11 +306,11 @@ async def test_subject_template(open_target):
 
 async def test_subject_template_failing_on_a_real_event_falls_back_to_the_default(open_target, caplog):
     with smtp_server() as (server, rec):
-        # Renders against every sample (each has a fact) but not against a message without facts.
-        target = open_target(server, subject="{{ message.facts[0].value }}")
+        # Renders against every sample (each has a link) but not against a message without one.
+        target = open_target(server, subject="{{ message.link.upper() }}")
         event = sample_events("SettingValueChanged")[0]
         with caplog.at_level(logging.WARNING, "test.email"):
-            assert isinstance(await deliver_once(target, delivery(event, message=replace(describe(event), facts=()))), Delivered)
+            assert isinstance(await deliver_once(target, delivery(event, message=replace(describe(event), link=None))), Delivered)
     assert rec.messages[0].mail["Subject"] == "[Fig] OrdersApi: 2 settings changed"
     assert "subject template failed" in caplog.text
 

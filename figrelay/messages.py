@@ -93,7 +93,6 @@ class Message:
         return f"{self.severity.emoji} {test}{self.title}"
 
 
-TEST_NOTE = "This is a test sent from Fig's Test button."
 MAX_LISTED = 20
 
 
@@ -129,8 +128,8 @@ def _text(value: object) -> str:
 def describe(event: FigEvent, minimum: int | None = None) -> Message:
     """The default message for an event. ``minimum`` is the hook's ``min_sessions``, when known."""
     message = _describe(event, minimum)
-    if event.test:
-        message = replace(message, title=f"[Test] {message.title}", text=f"{message.text}\n{TEST_NOTE}".strip())
+    if event.test:  # each target adds its own banner too; the text stays the event's
+        message = replace(message, title=f"[Test] {message.title}")
     return replace(message, is_test=event.test, event=event.route, client=event.setting_client)
 
 
@@ -172,7 +171,7 @@ def _describe(event: FigEvent, minimum: int | None) -> Message:
     if isinstance(event, MinRunSessions):
         running = _plural(event.run_sessions, "run session")
         of = f" (minimum {minimum})" if minimum is not None else ""
-        facts = _facts(("Run sessions", event.run_sessions), ("Minimum", minimum), ("Instance", event.instance))
+        facts = _facts(("Run sessions", event.run_sessions), ("Instance", event.instance))
         if event.run_sessions_event == RunSessionsEvent.BelowMinimum:
             return Message(f"{event.client_name}: below minimum run sessions",
                            f"Only {running} left{of}.", Severity.CRITICAL, facts, event.link)
@@ -186,22 +185,18 @@ def _describe(event: FigEvent, minimum: int | None) -> Message:
         components = event.health_details.components if event.health_details else ()
         facts = [Fact(c.name or "(unnamed)", c.status.name + (f": {c.message}" if c.message else "")) for c in components]
         facts += _facts(("Host", event.hostname), ("IP address", event.ip_address), ("App version", event.application_version))
-        unwell = [c for c in components if c.status != HealthStatus.Healthy]
-        detail = "; ".join(f"{c.name}: {c.message or c.status.name}" for c in unwell[:5])
-        text = f"Health is now {event.status.name}{' ' + where if where else ''}." + (f"\n{detail}" if detail else "")
+        unwell = sum(c.status != HealthStatus.Healthy for c in components)
+        of = f" ({unwell} of {len(components)} components not healthy)" if components else ""
+        text = f"Health is now {event.status.name}{' ' + where if where else ''}{of}."
         return Message(f"{event.client_name}: {event.status.name}", text, severity, tuple(facts), event.link)
 
     if isinstance(event, SecurityEvent):
         who = event.username or "unknown user"
-        facts = _facts(("User", event.username), ("Result", "succeeded" if event.success else "failed"), ("Reason", event.failure_reason),
-                       ("IP address", event.ip_address), ("Host", event.hostname), ("Time", event.timestamp))
+        facts = _facts(("User", event.username), ("Reason", event.failure_reason), ("IP address", event.ip_address),
+                       ("Fig server", event.hostname), ("Time", event.timestamp))
         if event.success:
-            return Message(f"{event.event_type} by {who}", f"{who} logged in to Fig" + (f" from {event.ip_address}." if event.ip_address else "."),
-                           Severity.INFO, facts, event.uri)
-        reason = f": {event.failure_reason}" if event.failure_reason else ""
-        return Message(f"Failed {event.event_type.lower()} for {who}",
-                       f"A {event.event_type.lower()} to Fig failed{reason}" + (f" (from {event.ip_address})." if event.ip_address else "."),
-                       Severity.CRITICAL, facts, event.uri)
+            return Message(f"{event.event_type} by {who}", f"{who} logged in to Fig.", Severity.INFO, facts, event.uri)
+        return Message(f"Failed {event.event_type.lower()} for {who}", f"A {event.event_type.lower()} to Fig failed.", Severity.CRITICAL, facts, event.uri)
 
     return Message(event.route, "", Severity.INFO)
 

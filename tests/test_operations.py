@@ -280,7 +280,7 @@ async def test_deliveries_list_retry_and_purge_against_a_running_daemon(daemon_f
     code, out, _ = await afigrelay("deliveries", "retry", alice, "--config", config)
     assert code == 0 and "1 dead letters are pending again" in out
     await wait_until(lambda: len(receiver.requests) == 3, what="the running daemon delivering the revived letter")
-    assert [row[0] for row in outbox_rows(d.config_path.parent)] == [bob]
+    await wait_until(lambda: [row[0] for row in outbox_rows(d.config_path.parent)] == [bob], what="the delivered letter gone from the outbox")
 
     code, out, _ = await afigrelay("deliveries", "purge", "--all-dead", "--config", config)
     assert code == 0 and "1 dead letters deleted" in out

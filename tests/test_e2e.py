@@ -11,14 +11,11 @@ import aiohttp
 from aiohttp import web
 
 from conftest import FAST_DELIVERY, Receiver, event, fixture_bodies, route_of, wait_until, write_config
+from figrelay.events import ROUTES
 
 SECRET = "d21b0b4b-b978-4048-85be-eb73e057f6fb"
 HASHED = "$2a$11$3xvQfzPYHvedNwRz.DWX8ecezdoiarEEuvAjL9BxBiUiPZ9BC/oYC"
 AUTH = {"Authorization": f"Secret {SECRET}"}
-ROUTES = [
-    "ClientStatusChanged", "SettingValueChanged", "NewClientRegistration", "UpdatedClientRegistration",
-    "MinRunSessions", "HealthStatusChanged", "SecurityEvent",
-]
 
 
 def relay_config(receivers: dict[str, Receiver], hooks: str, extra: str = "", intake: str = f'  hashed_secret: "{HASHED}"') -> str:
@@ -29,6 +26,11 @@ def relay_config(receivers: dict[str, Receiver], hooks: str, extra: str = "", in
     secret: downstream-{name}
 """ for name, rec in receivers.items()
     )
+    return daemon_config(clients, hooks, intake, extra)
+
+
+def daemon_config(clients: str, hooks: str, intake: str, extra: str = "") -> str:
+    """A whole configuration for a test daemon: a free port, fast retries, these parts."""
     return f"""listen: 127.0.0.1:0
 state_dir: ./state
 intake:

@@ -21,13 +21,9 @@ import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from conftest import FAST_DELIVERY, event, fixture_bodies, route_of, wait_until, write_config
-from test_e2e import AUTH, SECRET, outbox_rows
-
-ROUTES = [
-    "ClientStatusChanged", "SettingValueChanged", "NewClientRegistration", "UpdatedClientRegistration",
-    "MinRunSessions", "HealthStatusChanged", "SecurityEvent",
-]
+from conftest import event, fixture_bodies, route_of, wait_until, write_config
+from figrelay.events import ROUTES
+from test_e2e import AUTH, SECRET, daemon_config, outbox_rows
 
 
 @dataclass
@@ -90,17 +86,7 @@ def every_type_config(http_url: str, slack_url: str, teams_url: str, smtp_port: 
     coalesce: {coalesce}
 """
     hooks = "\n".join(f"  - {{event: {r}, client: {c}}}" for c in ("fwd", "slack-hook", "slack-bot", "teams", "mail") for r in ROUTES)
-    return f"""listen: 127.0.0.1:0
-state_dir: ./state
-intake:
-  secret: {SECRET}
-{FAST_DELIVERY}
-{extra}
-clients:
-{clients}
-hooks:
-{hooks}
-"""
+    return daemon_config(clients, hooks, f"  secret: {SECRET}", extra)
 
 
 def slack_responder(request):

@@ -46,7 +46,7 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     setup_logging(args.log_level or "info", args.log_format)
     registry = load_plugins()
     try:
-        asyncio.run(serve(path, registry, log_level=args.log_level))
+        asyncio.run(serve(path, registry, log_level=args.log_level, accept_empty_state=args.accept_empty_state))
     except ConfigError as exc:
         print(f"figrelay: the configuration is invalid; not starting.\n{_problems(exc)}", file=sys.stderr)
         return 1
@@ -181,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-format", default=os.environ.get("FIGRELAY_LOG_FORMAT", "text"), choices=["text", "json"],
         help="text for a terminal, json lines for journald/Loki",
+    )
+    run.add_argument(
+        "--accept-empty-state", action="store_true",
+        help="start even though state_dir's marker shows an outbox existed and it is now missing, empty or another one "
+        "(what it held is lost); use it once, when the outbox cannot be restored from a backup",
     )
     run.set_defaults(func=cmd_run)
 

@@ -22,9 +22,10 @@ from .config import Config, HookConfig
 from .daemon import OUTBOX_FILE
 from .delivery import ClientContext, Delivered, Delivery, Failed, Outcome, Retry
 from .events import ROUTES, EventError, parse_event_body
+from .hookregex import HookPattern, time_limited
 from .logs import redactor
 from .messages import describe
-from .outbox import Outbox, OutboxError, StoredDelivery
+from .outbox import ClientHealth, Outbox, OutboxError, StoredDelivery
 from .plugins import PluginRegistry
 from .samples import test_button_events
 
@@ -146,12 +147,37 @@ async def send_event(config: Config | None, route: str, body: bytes, url: str | 
 # --- figrelay matches -------------------------------------------------------------------------
 
 
-def _explain(hook: HookConfig, client_name: str | None, settings: Sequence[str]) -> tuple[bool, str]:
+class _TooSlow(Exception):
+    pass
+
+
+def _found(pattern: HookPattern, text: str, limit: float) -> bool:
+    """A search within the daemon's time limit (so a hostile name cannot hang the command)."""
+    limited = time_limited(pattern)
+    if limited is None:
+        return pattern.search(text) is not None
+    try:
+        return limited.search(text, timeout=limit) is not None
+    except TimeoutError:
+        raise _TooSlow(pattern.pattern) from None
+
+
+def _explain(hook: HookConfig, client_name: str | None, settings: Sequence[str], limit: float) -> tuple[bool, str]:
+    try:
+        return _explain_within(hook, client_name, settings, limit)
+    except _TooSlow as exc:
+        return False, (
+            f"/{exc}/ took longer than {limit * 1000:g}ms (intake.regex_timeout): the daemon would keep this event "
+            "as a dead letter for the hook's client"
+        )
+
+
+def _explain_within(hook: HookConfig, client_name: str | None, settings: Sequence[str], limit: float) -> tuple[bool, str]:
     if hook.event == "SecurityEvent":
         return True, "SecurityEvent hooks get every login"
     if client_name is None:
         return True, f"when the setting client's name matches /{hook.client_regex.pattern}/"
-    if not hook.client_regex.search(client_name):
+    if not _found(hook.client_regex, client_name, limit):
         return False, f"/{hook.client_regex.pattern}/ is not found in {client_name!r}"
     why = f"/{hook.client_regex.pattern}/ found in {client_name!r}"
     if hook.min_sessions is not None:
@@ -159,7 +185,8 @@ def _explain(hook: HookConfig, client_name: str | None, settings: Sequence[str])
     if hook.event == "SettingValueChanged" and hook.setting_regex is not None:
         if not settings:
             return True, f"{why}; sends only the changed settings matching /{hook.setting_regex.pattern}/"
-        matched = [s for s in settings if hook.setting_regex.search(s)]
+        setting_regex = hook.setting_regex
+        matched = [s for s in settings if _found(setting_regex, s, limit)]
         if not matched:
             return False, f"{why}, but no setting matches /{hook.setting_regex.pattern}/"
         return True, f"{why}; would send {', '.join(matched)}"
@@ -178,7 +205,7 @@ def matches(config: Config, client_name: str | None, settings: Sequence[str], ev
             continue
         if settings and event is None and hook.event != "SettingValueChanged":
             continue
-        fires, why = _explain(hook, client_name, settings)
+        fires, why = _explain(hook, client_name, settings, config.intake.regex_timeout)
         firing += fires
         line = f"{hook.index} (line {hook.line})" if hook.line else str(hook.index)
         rows.append([line, hook.event, hook.client, "yes" if fires else "no", why])
@@ -226,7 +253,8 @@ async def deliveries(config: Config, action: str, ids: Sequence[str], client: st
     try:
         if action == "list":
             rows = await outbox.list(None if state == "all" else state, client, limit)
-            _print_deliveries(rows)
+            _print_deliveries(rows, set(config.clients))
+            _print_circuits(await outbox.client_health(), client)
             return 0
         if not ids and client is None and not all_dead:
             print(f"figrelay deliveries {action}: name delivery ids, --client NAME or --all-dead", file=sys.stderr)
@@ -236,28 +264,50 @@ async def deliveries(config: Config, action: str, ids: Sequence[str], client: st
             unknown = sorted({c for _, c in revived} - set(config.clients))
             print(f"{len(revived)} dead letters are pending again; a running figrelay picks them up within seconds")
             if unknown:
-                print(f"warning: {', '.join(unknown)} is not in the configuration: those deliveries will die again", file=sys.stderr)
+                print(f"warning: {', '.join(unknown)} is not in the configuration: those deliveries wait until it is", file=sys.stderr)
             return 0 if revived else 1
         count = await outbox.purge(ids, client=client, all_dead=all_dead)
         print(f"{count} dead letters deleted")
+        if client is not None and client not in config.clients:
+            waiting = await outbox.purge_waiting(client)
+            print(f"{waiting} pending deliveries of removed client {client!r} deleted")
+            count += waiting
         return 0 if count else 1
     finally:
         await outbox.close()
 
 
-def _print_deliveries(rows: list[StoredDelivery]) -> None:
+def _print_deliveries(rows: list[StoredDelivery], configured: set[str]) -> None:
     if not rows:
         print("no deliveries")
         return
     now = time.time()
     out = [["ID", "CLIENT", "EVENT", "STATE", "ATTEMPTS", "AGE", "NEXT TRY", "LAST ERROR"]]
+    waiting = 0
     for r in rows:
-        next_try = ("now" if r.next_attempt_at <= now else f"in {_age(r.next_attempt_at - now)}") if r.state == "pending" else "-"
+        state, next_try = r.state, "-"
+        if r.state == "pending" and r.client not in configured:
+            state, next_try = "waiting", "client removed"
+            waiting += 1
+        elif r.state == "pending":
+            next_try = "now" if r.next_attempt_at <= now else f"in {_age(r.next_attempt_at - now)}"
         error = redactor.redact(r.last_error or "-").replace("\n", " ")
-        out.append([r.id, r.client, r.route, r.state, str(r.attempts), _age(now - r.created_at), next_try, error[:100]])
+        out.append([r.id, r.client, r.route, state, str(r.attempts), _age(now - r.created_at), next_try, error[:100]])
     table(out)
     pending = sum(r.state == "pending" for r in rows)
-    print(f"{pending} pending, {len(rows) - pending} dead")
+    note = f" ({waiting} waiting for a removed client to return)" if waiting else ""
+    print(f"{pending} pending{note}, {len(rows) - pending} dead")
+
+
+def _print_circuits(health: dict[str, ClientHealth], client: str | None) -> None:
+    now = time.time()
+    for h in sorted(health.values(), key=lambda h: h.client):
+        if h.state != "open" or (client is not None and h.client != client):
+            continue
+        since = f" for {_age(now - h.since)}" if h.since is not None else ""
+        probe = f"; next probe in {_age(h.next_probe_at - now)}" if h.next_probe_at is not None and h.next_probe_at > now else ""
+        error = redactor.redact(h.last_error or "-").replace("\n", " ")
+        print(f"client {h.client}: circuit open{since} after {h.failures} failed attempts in a row{probe}; last error: {error[:200]}")
 
 
 __all__ = ["deliveries", "matches", "send_event", "test_client"]

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_va
 
 from .durations import Duration
 from .events import ROUTES
+from .hookregex import DEFAULT_TIME_LIMIT, HookPattern, TimeLimit, compile_hook_regex
 from .plugins import PluginRegistry
 from .templates import MessageTemplates, TemplateError, check_template
 
@@ -178,8 +179,15 @@ def _read_yaml(text: str, file: str, base_dir: Path, out: _Collector) -> Any:
     finally:
         loader.dispose()
     if node is None:
-        return {}
+        out.problems.append(Problem(file, None, "", _EMPTY))
+        return None
     return _to_python(node, loader, (), base_dir, out)
+
+
+_EMPTY = (
+    "the file is empty (nothing but blanks or comments); a configuration needs at least 'clients' and 'hooks'. "
+    "Was it read half-written? Write the new file beside it and rename it into place (see docs/operations.md)"
+)
 
 
 # --- values -------------------------------------------------------------------------------------
@@ -238,7 +246,15 @@ class IntakeSettings(_Strict):
     hashed_secret: SecretStr | None = None
     secret: SecretStr | None = None
     forward_test_events: bool = False
+    regex_timeout: TimeLimit = DEFAULT_TIME_LIMIT
+    """CPU time one hook's regexes may take on one event; past it the event becomes a dead letter."""
     max_body_bytes: int = 1024 * 1024
+    header_timeout: Duration = 10.0
+    """A request line and headers that take longer get 408 and the connection is closed."""
+    body_timeout: Duration = 30.0
+    """A request body that takes longer in all (a Content-Length longer than the body) gets 408."""
+    max_connections: int = 1000
+    """Connections open at once; more are refused with 503. Capped by the open-file limit."""
 
     @field_validator("hashed_secret")
     @classmethod
@@ -254,12 +270,31 @@ class IntakeSettings(_Strict):
             raise ValueError("must be at least 1024 bytes")
         return v
 
+    @field_validator("header_timeout", "body_timeout")
+    @classmethod
+    def _read_timeout(cls, v: float) -> float:
+        if not 0 < v <= 600:
+            raise ValueError("must be more than 0 and at most 10m")
+        return v
+
+    @field_validator("max_connections")
+    @classmethod
+    def _connections(cls, v: int) -> int:
+        if not 1 <= v <= 1_000_000:
+            raise ValueError("must be between 1 and 1000000")
+        return v
+
 
 class DeliverySettings(_Strict):
     max_age: Duration = 24 * 3600
     """A delivery still failing this long after it was accepted becomes a dead letter."""
     backoff_base: Duration = 2.0
-    backoff_max: Duration = 3600.0
+    backoff_max: Duration = 60.0
+    """The longest wait between two tries of a failing client, so a target that comes back is
+    drained within this long (a Retry-After may ask for longer and is honoured up to 1h)."""
+    circuit_open_after: int = 3
+    """Consecutive failed attempts after which a client's circuit opens: one probe at a time,
+    the other deliveries wait without attempts, until a send succeeds."""
     attempt_timeout: Duration = 60.0
     """A plugin's deliver() is cancelled after this long and counted as a retryable failure."""
     max_in_flight: int = 4
@@ -270,6 +305,13 @@ class DeliverySettings(_Strict):
     def _in_flight(cls, v: int) -> int:
         if not 1 <= v <= 1000:
             raise ValueError("must be between 1 and 1000")
+        return v
+
+    @field_validator("circuit_open_after")
+    @classmethod
+    def _open_after(cls, v: int) -> int:
+        if not 1 <= v <= 100:
+            raise ValueError("must be between 1 and 100")
         return v
 
 
@@ -364,8 +406,8 @@ class HookConfig:
     index: int
     event: str
     client: str
-    client_regex: re.Pattern[str]
-    setting_regex: re.Pattern[str] | None
+    client_regex: HookPattern
+    setting_regex: HookPattern | None
     min_sessions: int | None
     line: int | None = None
     templates: MessageTemplates | None = None
@@ -487,10 +529,10 @@ def _with_url_parts(secrets: set[str]) -> set[str]:
     return out
 
 
-def _compile(pattern: Any, path: Path_, out: _Collector) -> re.Pattern[str] | None:
+def _compile(pattern: Any, path: Path_, out: _Collector) -> HookPattern | None:
     try:
-        return re.compile(str(pattern))
-    except re.error as exc:
+        return compile_hook_regex(str(pattern))
+    except ValueError as exc:
         out.add(path, f"invalid regular expression {pattern!r}: {exc}")
         return None
 
@@ -524,10 +566,12 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
     out = out or _Collector(str(path))
     base_dir = path.parent.resolve()
     data = _read_yaml(text, str(path), base_dir, out)
-    if data is None:
-        raise ConfigError(out.problems)
+    if data is None:  # not YAML, or empty: a document of only '---' or '~' is empty too
+        raise ConfigError(out.problems or [Problem(str(path), None, "", _EMPTY)])
     if not isinstance(data, dict):
-        out.add((), "the file must be a mapping with keys such as listen, intake, clients, hooks")
+        # a half-written file often stops after its first word, which YAML reads as a text
+        found = "a list" if isinstance(data, list) else f"only the text {str(data)[:40]!r}"
+        out.add((), f"the file must be a mapping with keys such as listen, intake, clients, hooks, but it holds {found}")
         raise ConfigError(out.problems)
 
     try:

@@ -15,14 +15,14 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 from . import __version__
 from .config import ConfigError, Listener
+from .connections import KEEPALIVE_TIMEOUT, ConnectionGate, IntakeSite
 from .dispatch import ClientRoute, Dispatcher, Routing
 from .intake import Intake
 from .logs import redactor
@@ -30,7 +30,7 @@ from .metrics import Metrics
 from .outbox import Outbox, OutboxError
 from .plugins import PluginRegistry
 from .reload import ConfigHolder, LiveConfig, watch_config
-from .server import create_app
+from .server import IntakeRunner, create_app
 from .sessions import SessionTracker
 from .systemd import Notifier, inherited_sockets
 
@@ -77,7 +77,7 @@ def describe(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def _watch_outbox(outbox: Outbox, dispatcher: Dispatcher, clients: Callable[[], Iterable[str]], every: float = 1.0) -> None:
+async def _watch_outbox(outbox: Outbox, dispatcher: Dispatcher, every: float = 1.0) -> None:
     """Pick up deliveries another process revived (``figrelay deliveries retry``): SQLite's
     data_version changes exactly when another connection commits."""
     version = await outbox.data_version()
@@ -88,10 +88,26 @@ async def _watch_outbox(outbox: Outbox, dispatcher: Dispatcher, clients: Callabl
             if now == version:
                 continue
             version = now
-            known = set(clients())
-            dispatcher.schedule(p for p in await outbox.pending_schedule() if p[1] in known)
+            dispatcher.schedule(await outbox.pending_in_order())
         except Exception as exc:
             log.error("cannot check the outbox for outside changes: %s", exc)
+
+
+async def _expire_waiting(outbox: Outbox, holder: ConfigHolder, every: float = 60.0) -> None:
+    """Deliveries of a client that a reload removed wait for its return, but not for ever:
+    past ``delivery.max_age`` they become dead letters, as they would have while failing."""
+    while True:
+        try:
+            config = holder.current.config
+            waiting = [c for c, (pending, _, _) in (await outbox.stats()).items() if pending and c not in config.clients]
+            if waiting:
+                reason = "gave up waiting for the removed client's return (delivery.max_age)"
+                expired = await outbox.expire_waiting(waiting, config.delivery.max_age, time.time(), reason)
+                if expired:
+                    log.warning("%d deliveries waiting for removed clients (%s) are now dead letters: %s", len(expired), ", ".join(waiting), reason)
+        except Exception as exc:
+            log.error("cannot expire deliveries waiting for removed clients: %s", exc)
+        await asyncio.sleep(every)
 
 
 async def _watchdog(notifier: Notifier, interval: float) -> None:
@@ -101,9 +117,14 @@ async def _watchdog(notifier: Notifier, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event | None = None, log_level: str | None = None) -> None:
+async def serve(
+    config_path: Path, registry: PluginRegistry, stop: asyncio.Event | None = None, log_level: str | None = None,
+    accept_empty_state: bool = False,
+) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set). Raises ConfigError or StartupError.
-    ``log_level`` (the command line's) overrides the configuration's ``log_level``."""
+    ``log_level`` (the command line's) overrides the configuration's ``log_level``.
+    ``accept_empty_state`` starts even when the outbox's marker shows that a store existed and
+    the outbox is now missing, empty or another one (``figrelay run --accept-empty-state``)."""
     loop = asyncio.get_running_loop()
     notifier = Notifier()
     metrics = Metrics()
@@ -134,33 +155,60 @@ async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event
 
         outbox = Outbox(config.state_dir / OUTBOX_FILE)
         try:
-            await outbox.open()
+            await outbox.open(accept_empty=accept_empty_state)
         except OutboxError as exc:
+            await outbox.close()
             await holder.close()
             raise StartupError(f"{exc} (check state_dir in {config_path})") from None
         try:
             sessions = SessionTracker(await outbox.sessions())
             dispatcher = Dispatcher(outbox, routing_of(live), metrics)
 
+            async def resume_returned(clients: list[str]) -> None:
+                for client in clients:
+                    rows = await outbox.pending_in_order(client)
+                    if rows:
+                        log.info("client %s is configured again: resuming its %d waiting deliveries", client, len(rows))
+                        dispatcher.schedule(rows)
+
             def on_swap(new: LiveConfig, old: LiveConfig | None, removed: tuple[str, ...]) -> None:
                 dispatcher.set_routing(routing_of(new))
                 for client in removed:
-                    spawn(_retire_client(outbox, client))
+                    log.warning(
+                        "client %r was removed: its pending deliveries wait for a client of that name to return "
+                        "(they die after delivery.max_age; 'figrelay deliveries purge --client %s' drops them now)", client, client,
+                    )
+                added = [c for c in new.config.clients if old is not None and c not in old.config.clients]
+                if added:
+                    spawn(resume_returned(added))
 
             holder.listeners.append(on_swap)
 
-            pending = await outbox.pending_schedule()
-            orphans = sorted({client for _, client, _ in pending if client not in config.clients})
-            for client in orphans:
-                await _retire_client(outbox, client)
-            dispatcher.schedule(p for p in pending if p[1] in config.clients)
+            pending = await outbox.pending_in_order()
+            dispatcher.restore_health(await outbox.client_health())
+            dispatcher.schedule(pending)
+            waiting = sorted({client for _, client, _ in pending if client not in config.clients})
             if pending:
                 log.info("resuming %d pending deliveries", sum(1 for p in pending if p[1] in config.clients))
+            if waiting:
+                log.warning("deliveries of clients not in the configuration wait for them: %s", ", ".join(waiting))
 
             intake = Intake(holder, sessions, outbox, dispatcher, metrics)
             app = create_app(intake, holder, lambda: ready, outbox, metrics)
-            runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.delivery.shutdown_timeout)
+            runner = IntakeRunner(  # JSON answers and WARNING lines for malformed requests
+                app, handle_signals=False, access_log=None, shutdown_timeout=config.delivery.shutdown_timeout,
+                keepalive_timeout=KEEPALIVE_TIMEOUT,
+            )
             await runner.setup()
+            assert runner.server is not None
+            # Counts the descriptors open now (outbox, HTTP client, plugins) as the baseline for
+            # the open-file limit; the limits follow the configuration on reload.
+            gate = ConnectionGate(runner.server, max_connections=config.intake.max_connections, header_timeout=config.intake.header_timeout)
+            gate.counted = lambda reason: metrics.connections_refused.labels(reason).inc()
+            metrics.connections_open.set_function(lambda: gate.open_connections)
+            holder.listeners.append(
+                lambda live, old, removed: gate.configure(max_connections=live.config.intake.max_connections, header_timeout=live.config.intake.header_timeout)
+            )
             try:
                 sockets = inherited_sockets()
                 if sockets:
@@ -168,7 +216,7 @@ async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event
                 else:
                     sockets = [bind(listener) for listener in config.listen]
                 for sock in sockets:
-                    await web.SockSite(runner, sock).start()
+                    await IntakeSite(runner, sock, gate).start()
                     log.info("listening on %s", describe(sock))
 
                 loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -177,7 +225,8 @@ async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event
                 state_dir = config.state_dir.resolve()
                 chores = [
                     loop.create_task(watch_config(holder, ignore=lambda p: state_dir in p.resolve().parents or p.resolve() == state_dir)),
-                    loop.create_task(_watch_outbox(outbox, dispatcher, lambda: holder.current.config.clients)),
+                    loop.create_task(_watch_outbox(outbox, dispatcher)),
+                    loop.create_task(_expire_waiting(outbox, holder)),
                 ]
                 if notifier.watchdog_interval:
                     chores.append(loop.create_task(_watchdog(notifier, notifier.watchdog_interval)))
@@ -207,12 +256,6 @@ async def serve(config_path: Path, registry: PluginRegistry, stop: asyncio.Event
         finally:
             await outbox.close()
     log.info("stopped")
-
-
-async def _retire_client(outbox: Outbox, client: str) -> None:
-    count = await outbox.kill_client(client, f"client {client!r} was removed from the configuration")
-    if count:
-        log.warning("%d pending deliveries of removed client %r are now dead letters", count, client)
 
 
 __all__ = ["serve", "StartupError", "ConfigError"]

@@ -1,21 +1,35 @@
-"""The dispatcher: takes due deliveries from the outbox to their targets.
+"""The dispatcher: takes pending deliveries from the outbox to their targets.
 
 Each client has its own lane with its own bound on sends in flight, so a slow or dead client
 never delays the others. Within a lane:
 
+- **order**: sends start oldest first, in the order the intake accepted the events, across
+  retries and restarts. A delivery that failed keeps its place at the head of the lane and the
+  client waits, so with ``max_in_flight: 1`` a target receives its events in order;
+- **backoff and circuit breaker**: a failure worth retrying makes the *client* wait
+  ``uniform(0, min(backoff_max, backoff_base * 2**failures))`` (full jitter), counted in the
+  client's consecutive failures, never less than the target's Retry-After. After
+  ``circuit_open_after`` failures in a row the circuit opens: one probe at a time (the oldest
+  delivery), the others wait without attempts; the first send that the target answers closes it
+  and the backlog drains at once. A target that is down costs one attempt per backoff, whatever
+  the backlog;
 - **pacing**: two sends to a client are at least ``min_interval`` apart (Slack and Teams take
   about one message a second);
 - **coalescing**: with a ``coalesce`` window, the first event of a hook and setting client goes
   at once; the ones that follow within the window wait for its end and go together as one
   digest send, so fifty changes in a minute are two messages, not fifty;
-- **retries**: a failure worth retrying waits an exponential backoff with full jitter,
-  ``uniform(0, min(backoff_max, backoff_base * 2**attempt))``, never less than the target's
-  Retry-After, which also holds back the client's other sends for as long. Failures that
-  retrying will not mend, and deliveries still failing after ``max_age``, become dead letters
-  kept in the outbox with the reason.
+- **dead letters**: failures that retrying will not mend, and deliveries still failing (or still
+  waiting behind an open circuit) after ``max_age``, are kept in the outbox with the reason; a
+  dead letter does not hold up the deliveries behind it.
 
 Every row stays pending in the outbox until its outcome is recorded, so nothing held in a lane
-is lost by a crash.
+is lost by a crash. When an outcome cannot be recorded (a full disk), the send has happened but
+its record has not: the dispatcher then stops sending, keeps the outcome, writes it again with
+backoff, and resumes once the outbox takes it, so a target never gets the same delivery again
+and again because its success could not be written down.
+
+Deliveries of a client that a reload removed stay pending and wait: they go again when a client
+of that name comes back (the daemon schedules them), and die only by ``max_age`` or a purge.
 """
 
 from __future__ import annotations
@@ -34,13 +48,18 @@ from .delivery import Delivered, Delivery, Failed, Outcome, Retry, Target
 from .events import EventError, FigEvent, parse_event_body
 from .logs import redactor
 from .messages import describe, digest
-from .outbox import Outbox, StoredDelivery
+from .outbox import ClientHealth, Outbox, OutcomeWrites, StoredDelivery
 from .templates import MessageTemplates
 
 log = logging.getLogger("figrelay.dispatch")
 
 MAX_FETCH = 500
 """Rows read from the outbox at once for one lane."""
+
+RETRY_AFTER_CAP = 3600.0
+"""The longest Retry-After honoured (a larger one is taken as this), unless backoff_max is longer."""
+
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +83,18 @@ class Routing:
     hooks: Mapping[int, HookConfig] = field(default_factory=dict)
 
 
-def backoff_delay(attempts: int, settings: DeliverySettings, retry_after: float | None, rng: Callable[[float, float], float] = random.uniform) -> float:
-    """Seconds until the next try after ``attempts`` failed ones (full jitter, Retry-After honoured)."""
-    ceiling = min(settings.backoff_max, settings.backoff_base * (2 ** min(attempts, 32)))
+def backoff_delay(failures: int, settings: DeliverySettings, retry_after: float | None, rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Seconds to wait after ``failures`` consecutive failed tries (full jitter, Retry-After honoured)."""
+    ceiling = min(settings.backoff_max, settings.backoff_base * (2 ** min(failures, 32)))
     delay = rng(0.0, ceiling)
     if retry_after is not None:
-        delay = max(delay, min(retry_after, settings.backoff_max))
+        delay = max(delay, min(retry_after, max(settings.backoff_max, RETRY_AFTER_CAP)))
     return delay
 
 
 GroupKey = tuple[object, ...]
+OrderKey = tuple[float, int]
+"""(created_at, sequence): the order in which the intake accepted a delivery."""
 
 
 @dataclass
@@ -85,24 +106,52 @@ class _Group:
     release_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Unrecorded:
+    """A send whose outcome the outbox could not take yet."""
+
+    lane: _Lane
+    rows: list[StoredDelivery]
+    writes: OutcomeWrites
+    result: str
+
+
 @dataclass
 class _Lane:
     client: str
     heap: list[tuple[float, int, str]] = field(default_factory=list)
-    known: set[str] = field(default_factory=set)
-    """Ids queued, fetched, held or in flight in this lane: scheduled again, they are ignored."""
+    """(created_at, sequence, id) of the rows waiting to be read, oldest first."""
+    known: dict[str, OrderKey] = field(default_factory=dict)
+    """Ids queued, fetched, held or in flight in this lane, with their order: scheduled again,
+    they are ignored; retried, they go back to their place."""
     groups: dict[GroupKey, _Group] = field(default_factory=dict)
     fetching: int = 0
     sending: int = 0
     paused_until: float = 0.0
+    """No send before this: a backoff after a failure, or the target's Retry-After."""
     next_send: float = 0.0
+    failures: int = 0
+    """Consecutive failed sends; at ``circuit_open_after`` the circuit opens."""
+    open_since: float | None = None
+    last_error: str | None = None
     last_sent: dict[GroupKey, float] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
+    @property
+    def is_open(self) -> bool:
+        return self.open_since is not None
+
 
 class Dispatcher:
-    def __init__(self, outbox: Outbox, routing: Routing, observer: DeliveryObserver | None = None) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        routing: Routing,
+        observer: DeliveryObserver | None = None,
+        clock: Clock = time.time,
+        store_retry: tuple[float, float] = (0.2, 30.0),
+    ) -> None:
         self._outbox = outbox
         self._routing = routing
         self._lanes: dict[str, _Lane] = {}
@@ -110,22 +159,32 @@ class Dispatcher:
         self._seq = itertools.count()
         self._stopping = False
         self._observer = observer or DeliveryObserver()
+        self._clock = clock
+        self._store_retry = store_retry
+        self._unrecorded: list[_Unrecorded] = []
+        self._store_error: str | None = None
+        self._recovery: asyncio.Task[None] | None = None
 
     # --- feeding --------------------------------------------------------------------------------
 
     def schedule(self, items: Iterable[tuple[str, str, float]]) -> None:
-        """Queue (id, client, due unix time) for delivery; ids already in the lane are ignored."""
-        for delivery_id, client, due in items:
+        """Queue (id, client, created_at) for delivery, in the order given for equal times; ids
+        already in the lane, and clients not configured now (their rows wait), are ignored."""
+        clients = self._routing.clients
+        for delivery_id, client, created_at in items:
+            if client not in clients:
+                continue
             lane = self._lane(client)
             if delivery_id in lane.known:
                 continue
-            lane.known.add(delivery_id)
-            heapq.heappush(lane.heap, (due, next(self._seq), delivery_id))
+            key = (created_at, next(self._seq))
+            lane.known[delivery_id] = key
+            heapq.heappush(lane.heap, (*key, delivery_id))
             lane.wake.set()
 
     def set_routing(self, routing: Routing) -> None:
-        """Take a new configuration: lanes of removed clients stop (their rows are dead-lettered
-        by the caller); the others pick up the new settings on their next send."""
+        """Take a new configuration: lanes of removed clients stop and forget their rows (which
+        stay pending in the outbox); the others pick up the new settings on their next send."""
         self._routing = routing
         for client in list(self._lanes):
             if client not in routing.clients:
@@ -135,8 +194,27 @@ class Dispatcher:
             else:
                 self._lanes[client].wake.set()
 
+    def restore_health(self, health: Mapping[str, ClientHealth]) -> None:
+        """Take back the circuits remembered before a restart: an open one probes first."""
+        for client, h in health.items():
+            if client in self._routing.clients and h.state == "open":
+                lane = self._lane(client)
+                lane.failures = max(h.failures, self._routing.settings.circuit_open_after)
+                lane.open_since = h.since if h.since is not None else self._clock()
+                lane.last_error = h.last_error
+                self._observer.circuit(client, True, lane.failures)
+
     def pending(self) -> dict[str, int]:
         return {c: len(l.known) for c, l in self._lanes.items()}
+
+    def health(self) -> dict[str, ClientHealth]:
+        """Each lane's circuit, as ``figrelay deliveries`` and /metrics show it."""
+        return {c: self._health_of(l) for c, l in self._lanes.items()}
+
+    @property
+    def store_error(self) -> str | None:
+        """Why outcomes cannot be recorded now (sending is paused), or None."""
+        return self._store_error
 
     def _lane(self, client: str) -> _Lane:
         lane = self._lanes.get(client)
@@ -152,51 +230,81 @@ class Dispatcher:
         while not self._stopping:
             lane.wake.clear()
             route = self._routing.clients.get(lane.client)
-            now = time.time()
+            now = self._clock()
             wake_at: list[float] = []
-
-            # 1. take due rows out of the heap and read them
-            if lane.heap and lane.fetching == 0:
-                if lane.heap[0][0] <= now:
-                    # group a burst whole when coalescing (holding at most MAX_FETCH rows in
-                    # memory); else read no more than can be sent
-                    if route and route.coalesce:
-                        room = MAX_FETCH - sum(len(g.rows) for g in lane.groups.values())
-                    else:
-                        room = max(0, (route.max_in_flight if route else 1) - lane.sending - len(lane.groups))
-                    ids = []
-                    while lane.heap and len(ids) < room and lane.heap[0][0] <= now:
-                        ids.append(heapq.heappop(lane.heap)[2])
-                    if ids:
-                        lane.fetching += 1
-                        self._spawn(self._fetch(lane, ids))
-                else:
-                    wake_at.append(lane.heap[0][0])
-
-            # 2. send the groups whose time has come, within the limits
-            if route is not None and lane.groups:
-                limit = route.max_in_flight
-                gate = max(lane.paused_until, lane.next_send)
-                while lane.groups and lane.sending < limit and gate <= now:
-                    group = min(lane.groups.values(), key=lambda g: g.release_at)
-                    if group.release_at > now:
-                        wake_at.append(group.release_at)
-                        break
-                    del lane.groups[group.key]
-                    lane.sending += 1
-                    lane.last_sent[group.key] = now
-                    if route.min_interval:
-                        lane.next_send = now + route.min_interval
-                        gate = lane.next_send
-                    self._spawn(self._attempt(lane, group))
-                if lane.groups and gate > now:
-                    wake_at.append(gate)
-
-            timeout = max(0.0, min(wake_at) - time.time()) if wake_at else None
+            if route is not None and self._store_error is None:
+                self._step(lane, route, now, wake_at)
+            timeout = max(0.0, min(wake_at) - self._clock()) if wake_at else None
             try:
                 await asyncio.wait_for(lane.wake.wait(), timeout)
             except TimeoutError:
                 pass
+
+    def _step(self, lane: _Lane, route: ClientRoute, now: float, wake_at: list[float]) -> None:
+        settings = self._routing.settings
+        limit = 1 if lane.is_open else route.max_in_flight  # an open circuit sends one probe at a time
+        waiting = lane.paused_until > now
+
+        # 0. while the client fails, deliveries waiting behind it still expire by max_age
+        if lane.failures and lane.heap and lane.heap[0][0] + settings.max_age < now:
+            self._expire_waiting(lane, now, settings)
+
+        # 1. read the oldest rows, no more than can be sent (or, when coalescing, a burst whole,
+        #    holding at most MAX_FETCH rows in memory)
+        if lane.heap and lane.fetching == 0 and not waiting:
+            if route.coalesce and not lane.is_open:
+                room = MAX_FETCH - sum(len(g.rows) for g in lane.groups.values())
+            else:
+                room = max(0, limit - lane.sending - len(lane.groups))
+            ids = [heapq.heappop(lane.heap)[2] for _ in range(min(room, len(lane.heap)))]
+            if ids:
+                lane.fetching += 1
+                self._spawn(self._fetch(lane, ids))
+
+        # 2. send the groups whose time has come, oldest first, within the limits
+        gate = max(lane.paused_until, lane.next_send)
+        while lane.groups and lane.sending < limit and gate <= now:
+            group = min(lane.groups.values(), key=lambda g: g.release_at)
+            if group.release_at > now:
+                wake_at.append(group.release_at)
+                break
+            del lane.groups[group.key]
+            lane.sending += 1
+            lane.last_sent[group.key] = now
+            if route.min_interval:
+                lane.next_send = now + route.min_interval
+                gate = lane.next_send
+            self._spawn(self._attempt(lane, group))
+        if (lane.groups or lane.heap) and gate > now:
+            wake_at.append(gate)
+        if lane.failures and lane.heap:
+            wake_at.append(lane.heap[0][0] + settings.max_age)
+
+    def _expire_waiting(self, lane: _Lane, now: float, settings: DeliverySettings) -> None:
+        expired: list[str] = []
+        while lane.heap and lane.heap[0][0] + settings.max_age < now:
+            expired.append(heapq.heappop(lane.heap)[2])
+        reason = (
+            f"gave up after {_age(settings.max_age)} waiting (delivery.max_age): client {lane.client!r} has been failing"
+            + (f": {lane.last_error}" if lane.last_error else "")
+        )
+        writes = OutcomeWrites(now, dead=[(i, None, reason) for i in expired])
+
+        async def write() -> None:
+            try:
+                await self._outbox.record_outcomes(writes)
+            except Exception as exc:
+                log.error("deliveries to %s: cannot record that %d expired: %s; trying again", lane.client, len(expired), exc)
+                for delivery_id in expired:  # back to their place: the next step expires them again
+                    key = lane.known[delivery_id]
+                    heapq.heappush(lane.heap, (*key, delivery_id))
+                return
+            for delivery_id in expired:
+                lane.known.pop(delivery_id, None)
+                self._observer.expired(lane.client)
+            log.warning("%d deliveries to %s expired while it was failing, kept as dead letters: %s", len(expired), lane.client, reason)
+
+        self._spawn(write())
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -208,20 +316,28 @@ class Dispatcher:
             rows = await self._outbox.fetch(ids)
         except Exception as exc:
             log.error("cannot read deliveries of %s from the outbox: %s; trying again in 5s", lane.client, exc)
-            for delivery_id in ids:
-                lane.known.discard(delivery_id)
-            self.schedule((i, lane.client, time.time() + 5) for i in ids)
+            self._requeue(lane, ids)
+            lane.paused_until = max(lane.paused_until, self._clock() + 5)
             return
         finally:
             lane.fetching -= 1
             lane.wake.set()
+        try:
+            self._group(lane, ids, rows)
+        except Exception as exc:  # e.g. out of file descriptors: the rows wait, the lane lives on
+            log.error("cannot prepare deliveries of %s: %s: %s; trying again in 5s", lane.client, type(exc).__name__, exc)
+            grouped = {row.id for group in lane.groups.values() for row, _ in group.rows}
+            self._requeue(lane, [i for i in ids if i not in grouped and i in lane.known])
+            lane.paused_until = max(lane.paused_until, self._clock() + 5)
+
+    def _group(self, lane: _Lane, ids: list[str], rows: Mapping[str, StoredDelivery]) -> None:
         route = self._routing.clients.get(lane.client)
         coalesce = route.coalesce if route else 0.0
-        now = time.time()
+        now = self._clock()
         for delivery_id in ids:
             row = rows.get(delivery_id)
             if row is None or row.state != "pending":
-                lane.known.discard(delivery_id)
+                lane.known.pop(delivery_id, None)
                 continue
             event = _parse(row)
             if coalesce and event is not None:
@@ -235,33 +351,38 @@ class Dispatcher:
             else:
                 group.rows.append((row, event))
 
+    def _requeue(self, lane: _Lane, ids: Iterable[str]) -> None:
+        """Put rows back at their place in the lane (they stay known)."""
+        for delivery_id in ids:
+            key = lane.known.get(delivery_id)
+            if key is not None:
+                heapq.heappush(lane.heap, (*key, delivery_id))
+
     async def _attempt(self, lane: _Lane, group: _Group) -> None:
         routing = self._routing
         settings = routing.settings
         rows = [row for row, _ in group.rows]
-        retry_at: float | None = None
         try:
             route = routing.clients.get(lane.client)
             if route is None:
-                outcome: Outcome = Failed(f"client {lane.client!r} is no longer configured")
-            elif any(event is None for _, event in group.rows):
-                outcome = Failed("the stored event cannot be read")
+                # removed while it waited: the rows stay pending for the client's return
+                for row in rows:
+                    lane.known.pop(row.id, None)
+                return
+            if any(event is None for _, event in group.rows):
+                outcome: Outcome = Failed("the stored event cannot be read")
             else:
-                delivery = self._delivery(route, routing, group)
-                outcome = await self._call(route.target, delivery, settings)
-            retry_at = await self._record(lane, rows, outcome, settings)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("deliveries %s to %s: recording the outcome failed; they stay pending", ", ".join(r.id for r in rows), lane.client)
-            retry_at = time.time() + settings.backoff_base
+                outcome = await self._call(route.target, self._delivery(route, routing, group), settings)
+            writes, result = self._apply(lane, rows, outcome, settings)
+            try:
+                await self._outbox.record_outcomes(writes)
+            except Exception as exc:
+                self._store_failed(_Unrecorded(lane, rows, writes, result), exc)
+                return
+            self._finish(lane, rows, writes, result)
         finally:
             lane.sending -= 1
-            for row in rows:
-                lane.known.discard(row.id)
             lane.wake.set()
-        if retry_at is not None and not self._stopping and lane.client in self._routing.clients:
-            self.schedule((row.id, row.client, retry_at) for row in rows)
 
     def _delivery(self, route: ClientRoute, routing: Routing, group: _Group) -> Delivery:
         """The Delivery handed to the target: one, or the first of a batch carrying them all."""
@@ -302,54 +423,138 @@ class Dispatcher:
         self._observer.attempted(delivery, outcome, time.monotonic() - started)
         return outcome
 
-    async def _record(self, lane: _Lane, rows: list[StoredDelivery], outcome: Outcome, settings: DeliverySettings) -> float | None:
-        """Store a send's outcome for every row it stood for; return when to try again, or None."""
+    def _apply(self, lane: _Lane, rows: list[StoredDelivery], outcome: Outcome, settings: DeliverySettings) -> tuple[OutcomeWrites, str]:
+        """What one send's outcome does: to the lane (backoff, circuit) at once, and to the
+        outbox (returned, to be written). Returns (writes, result)."""
+        now = self._clock()
         together = f" (with {len(rows) - 1} more in one digest)" if len(rows) > 1 else ""
         first = rows[0]
         if not isinstance(outcome, Delivered):
             # a target may echo a credential back (a proxy's error page): never store or show it
             outcome = replace(outcome, reason=redactor.redact(outcome.reason))
+        if isinstance(outcome, (Delivered, Failed)):
+            self._answered(lane, now)  # the target answered: whatever it said, it is up
         if isinstance(outcome, Delivered):
-            for row in rows:
-                await self._outbox.delivered(row.id)
-                self._observer.finished(row, "delivered")
             log.info(
                 "delivery %s: %s to %s delivered%s (%s, attempt %d)",
                 first.id, first.route, first.client, together, outcome.detail or "ok", first.attempts + 1,
             )
-            return None
+            return OutcomeWrites(now, delivered=[row.id for row in rows]), "delivered"
         if isinstance(outcome, Failed):
-            for row in rows:
-                await self._outbox.dead(row.id, row.attempts + 1, outcome.reason)
-                self._observer.finished(row, "dead")
             log.warning(
                 "delivery %s: %s to %s failed for good%s, kept as a dead letter: %s",
                 first.id, first.route, first.client, together, outcome.reason,
             )
-            return None
-        now = time.time()
-        attempt = max(row.attempts for row in rows) + 1
-        delay = backoff_delay(attempt, settings, outcome.retry_after)
-        if outcome.retry_after is not None:
-            lane.paused_until = max(lane.paused_until, now + min(outcome.retry_after, settings.backoff_max))
-        retry = False
+            return OutcomeWrites(now, dead=[(row.id, row.attempts + 1, outcome.reason) for row in rows]), "dead"
+
+        lane.failures += 1
+        lane.last_error = outcome.reason
+        delay = backoff_delay(lane.failures, settings, outcome.retry_after)
+        lane.paused_until = max(lane.paused_until, now + delay)
+        if not lane.is_open and lane.failures >= settings.circuit_open_after:
+            lane.open_since = now
+            log.warning(
+                "client %s is failing: circuit open after %d failed attempts in a row; one probe at a time from now on, "
+                "the other %d deliveries wait: %s",
+                lane.client, lane.failures, len(lane.known) - len(rows), outcome.reason,
+            )
+        if lane.is_open:
+            self._observer.circuit(lane.client, True, lane.failures)
+            self._remember(lane)
+        dead: list[tuple[str, int | None, str]] = []
+        retry: list[tuple[str, int, float, str]] = []
         for row in rows:
             if now + delay - row.created_at > settings.max_age:
                 reason = f"gave up after {row.attempts + 1} attempts over {_age(now - row.created_at)} (delivery.max_age): {outcome.reason}"
-                await self._outbox.dead(row.id, row.attempts + 1, reason)
+                dead.append((row.id, row.attempts + 1, reason))
                 log.warning("delivery %s: %s to %s expired, kept as a dead letter: %s", row.id, row.route, row.client, reason)
-                self._observer.finished(row, "dead")
             else:
-                await self._outbox.retry_later(row.id, row.attempts + 1, now + delay, outcome.reason)
+                retry.append((row.id, row.attempts + 1, lane.paused_until, outcome.reason))
+        if retry:
+            log.info(
+                "delivery %s: %s to %s failed%s (attempt %d), retrying in %.1fs: %s",
+                first.id, first.route, first.client, together, first.attempts + 1, lane.paused_until - now, outcome.reason,
+            )
+        return OutcomeWrites(now, dead=dead, retry=retry), "retried"
+
+    def _answered(self, lane: _Lane, now: float) -> None:
+        was_open = lane.open_since
+        lane.failures = 0
+        lane.last_error = None
+        if was_open is not None:
+            lane.open_since = None
+            log.warning(
+                "client %s answers again: circuit closed after %s; sending the %d waiting deliveries",
+                lane.client, _age(now - was_open), len(lane.heap) + len(lane.groups),
+            )
+            self._observer.circuit(lane.client, False, 0)
+            self._remember(lane)
+
+    def _remember(self, lane: _Lane) -> None:
+        health = self._health_of(lane)
+
+        async def write() -> None:
+            try:
+                await self._outbox.set_client_health(health)
+            except Exception as exc:  # only for display and restarts: never worth more than a line
+                log.debug("cannot store the circuit state of %s: %s", lane.client, exc)
+
+        self._spawn(write())
+
+    def _health_of(self, lane: _Lane) -> ClientHealth:
+        state = "open" if lane.is_open else "closed"
+        return ClientHealth(lane.client, state, lane.failures, lane.open_since, lane.paused_until if lane.is_open else None, lane.last_error)
+
+    def _finish(self, lane: _Lane, rows: list[StoredDelivery], writes: OutcomeWrites, result: str) -> None:
+        """The outcome is recorded: forget the rows, or put the retried ones back at their place."""
+        retried = {w[0] for w in writes.retry}
+        live = not self._stopping and self._lanes.get(lane.client) is lane
+        for row in rows:
+            if row.id in retried:
                 self._observer.retried(row)
-                retry = True
-        if not retry:
-            return None
-        log.info(
-            "delivery %s: %s to %s failed%s (attempt %d), retrying in %.1fs: %s",
-            first.id, first.route, first.client, together, attempt, delay, outcome.reason,
-        )
-        return now + delay
+                if live:
+                    self._requeue(lane, [row.id])
+                    continue
+            else:
+                self._observer.finished(row, result if result != "retried" else "dead")
+            lane.known.pop(row.id, None)
+        lane.wake.set()
+
+    # --- when outcomes cannot be recorded --------------------------------------------------------
+
+    def _store_failed(self, unrecorded: _Unrecorded, exc: Exception) -> None:
+        self._unrecorded.append(unrecorded)
+        if self._store_error is None:
+            log.error(
+                "cannot record delivery outcomes in the outbox (%s); sending is paused until it can, "
+                "so no target gets a delivery again because its success could not be written down",
+                exc,
+            )
+        self._store_error = str(exc)
+        self._observer.sending_paused(True)
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._record_again(), name="figrelay-record-again")
+
+    async def _record_again(self) -> None:
+        first, longest = self._store_retry
+        delay = first
+        while self._unrecorded:
+            await asyncio.sleep(delay)
+            pending = self._unrecorded[0]
+            try:
+                await self._outbox.record_outcomes(pending.writes)
+            except Exception as exc:
+                self._store_error = str(exc)
+                delay = min(longest, delay * 2)
+                continue
+            self._unrecorded.pop(0)
+            self._finish(pending.lane, pending.rows, pending.writes, pending.result)
+            delay = first
+        self._store_error = None
+        self._observer.sending_paused(False)
+        log.warning("delivery outcomes are recorded again; sending resumes")
+        for lane in self._lanes.values():
+            lane.wake.set()
 
     async def stop(self, timeout: float) -> int:
         """Stop starting sends, give those in flight ``timeout`` seconds, cancel the rest (they
@@ -371,6 +576,11 @@ class Dispatcher:
                 task.cancel()
             cancelled += len(pending)
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._recovery is not None and not self._recovery.done():
+            if self._unrecorded:
+                log.warning("stopping with %d delivery outcomes unrecorded: those deliveries stay pending and may be sent again", len(self._unrecorded))
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
         return cancelled
 
 
@@ -393,6 +603,15 @@ class DeliveryObserver:
 
     def retried(self, row: StoredDelivery) -> None:
         pass
+
+    def expired(self, client: str) -> None:
+        """A delivery died by max_age while waiting behind an open circuit, without an attempt."""
+
+    def circuit(self, client: str, is_open: bool, failures: int) -> None:
+        """A client's circuit opened (or failed another probe) or closed."""
+
+    def sending_paused(self, paused: bool) -> None:
+        """Sending paused (True) because outcomes cannot be recorded, or resumed (False)."""
 
 
 def _age(seconds: float) -> str:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import encodings.utf_8_sig  # noqa: F401  imported now: a lazy import needs a free file descriptor
 import enum
 import json
+import math
 import re
+import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -41,6 +44,9 @@ __all__ = [
     "EVENT_TYPES",
     "ROUTES",
     "EventError",
+    "MAX_DEPTH",
+    "MAX_INT_DIGITS",
+    "decode_body",
     "parse_event",
     "parse_event_body",
 ]
@@ -189,14 +195,14 @@ def _enum_codec(cls: type[enum.IntEnum]) -> _Codec:
             text = value.strip()
             if text.lower() in by_name:
                 return by_name[text.lower()]
-            if text.isascii() and text.isdigit():
+            if text.isascii() and text.isdigit() and len(text) <= 10:  # int() refuses 4,300+ digits
                 value = int(text)
         if isinstance(value, int) and not isinstance(value, bool):
             try:
                 return cls(value)
             except ValueError:
                 pass
-        raise EventError(f"must be one of {allowed}, got {json.dumps(value)}", path)
+        raise EventError(f"must be one of {allowed}, got {_clip(json.dumps(value))}", path)
 
     return parse, int
 
@@ -508,13 +514,131 @@ def parse_event(route: str, data: Any) -> FigEvent:
 
 
 def parse_event_body(route: str, body: bytes) -> FigEvent:
-    """Decode and validate a raw body; raise EventError on bad UTF-8, bad JSON or a bad field."""
+    """Decode and validate a raw body; raise EventError on bad UTF-8, bad JSON, JSON that cannot be
+    relayed as valid JSON, or a bad field."""
+    try:
+        return parse_event(route, decode_body(body))
+    except EventError:
+        raise
+    except (RecursionError, ValueError) as exc:
+        # defensive: whatever a sender puts in a body is its mistake (a 400), never a crash (a 500)
+        raise EventError(f"the body cannot be accepted ({type(exc).__name__}: {_clip(str(exc))})") from None
+
+
+# --- decoding a body: only JSON that can be relayed as valid JSON ---------------------------------
+# Python's json module accepts more than JSON (NaN, Infinity, and 1e999, which becomes infinity) and
+# fails on JSON that is valid but absurd (1,000 levels deep: RecursionError; 4,300+ digit integers:
+# ValueError). figrelay relays what it accepts, so it refuses, naming the field, anything it could
+# not write back as valid JSON. It also replaces lone surrogates (a "\ud800" escape) by U+FFFD at
+# once, as .NET does when it writes them, so matching, storage, session keys and the relayed body
+# all see the same text.
+
+MAX_DEPTH = 64
+"""Newtonsoft.Json's default MaxDepth. Fig's own bodies are 4 levels deep."""
+
+MAX_INT_DIGITS = 4300
+"""Python's default limit for int(str); a longer integer is refused (it can be sent as a string)."""
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """Text quoted in an error message, shortened: a sender's value can be a megabyte long."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Unrelayable:
+    """Stands where a value that cannot be relayed was, until the walk finds its path."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+class _StrictNumbers:
+    """``json.loads`` hooks: finite numbers pass, anything else becomes an _Unrelayable marker."""
+
+    def __init__(self) -> None:
+        self.refused: list[_Unrelayable] = []
+
+    def _refuse(self, problem: str) -> _Unrelayable:
+        marker = _Unrelayable(problem)
+        self.refused.append(marker)
+        return marker
+
+    def constant(self, token: str) -> Any:
+        return self._refuse(f"{token} is not valid JSON (a JSON number is finite); send null, or the text as a string \"{token}\"")
+
+    def float(self, token: str) -> Any:
+        value = float(token)
+        if math.isfinite(value):
+            return value
+        return self._refuse(f"the number {_clip(token)} is too large to relay as JSON (the limit is about 1.8e308); send it as a string")
+
+    def int(self, token: str) -> Any:
+        digits = len(token) - token.startswith("-")
+        limit = min(MAX_INT_DIGITS, sys.get_int_max_str_digits() or MAX_INT_DIGITS)
+        if digits <= limit:
+            return int(token)
+        return self._refuse(f"an integer of {digits} digits is too long to relay (at most {limit}); send it as a string")
+
+
+def decode_body(body: bytes) -> Any:
+    """A body's JSON value, refusing (EventError) what figrelay could not relay as valid JSON."""
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise EventError(f"the body is not valid UTF-8 (byte {exc.start})") from None
+    numbers = _StrictNumbers()
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=numbers.constant, parse_float=numbers.float, parse_int=numbers.int)
     except json.JSONDecodeError as exc:
         raise EventError(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    return parse_event(route, data)
+    except RecursionError:
+        raise EventError(_too_deep()) from None
+    surrogates = _SURROGATE_ESCAPE.search(text) is not None
+    # cheap tests first: a body needs the walk only when it may be too deep, hold a refused
+    # number or escape a surrogate (Fig's own bodies have a dozen brackets and none of the rest)
+    if numbers.refused or surrogates or text.count("[") + text.count("{") > MAX_DEPTH:
+        data = _walk(data, surrogates)
+        if numbers.refused:  # a refused value that a later duplicate key replaced is still refused
+            raise EventError(numbers.refused[0].problem)
+    return data
+
+
+def _too_deep() -> str:
+    return f"the body is nested more than {MAX_DEPTH} levels deep (Fig's events have 4 levels); send flatter data"
+
+
+def _walk(data: Any, fix_surrogates: bool) -> Any:
+    """Check the depth, find an unrelayable value's path, and replace lone surrogates in every key
+    and string, without recursion (the depth is the sender's choice)."""
+    if isinstance(data, _Unrelayable):
+        raise EventError(data.problem)
+    if isinstance(data, str):
+        return _SURROGATE.sub("\ufffd", data) if fix_surrogates else data
+    stack: list[tuple[dict[str, Any] | list[Any], str, int]] = [(data, "", 1)] if isinstance(data, (dict, list)) else []
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise EventError(_too_deep(), _clip(path, 100) or None)
+        if isinstance(node, dict):
+            if fix_surrogates and any(_SURROGATE.search(key) for key in node):
+                items = [(_SURROGATE.sub("\ufffd", key), value) for key, value in node.items()]
+                node.clear()
+                node.update(items)  # two keys that became equal: the later wins, as with a duplicate key
+            children: Iterable[tuple[str | int, Any]] = list(node.items())
+        else:
+            children = enumerate(node)
+        for slot, value in children:
+            child = (f"{path}.{_clip(slot, 40)}" if path else _clip(slot, 40)) if isinstance(slot, str) else f"{path}[{slot}]"
+            if isinstance(value, _Unrelayable):
+                raise EventError(value.problem, child)
+            if isinstance(value, str):
+                if fix_surrogates and _SURROGATE.search(value):
+                    node[slot] = _SURROGATE.sub("\ufffd", value)  # type: ignore[index]
+            elif isinstance(value, (dict, list)):
+                stack.append((value, child, depth + 1))
+    return data

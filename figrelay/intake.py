@@ -11,11 +11,13 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from .config import HookConfig
 from .dispatch import Dispatcher
 from .events import ClientStatusChanged, FigEvent
 from .metrics import Metrics
 from .outbox import NewDelivery, Outbox, SessionWrite
 from .reload import ConfigHolder
+from .rules import RegexTimeout
 from .sessions import SessionTracker, crossings
 
 log = logging.getLogger("figrelay.intake")
@@ -59,6 +61,9 @@ class Intake:
             body = bodies.get(id(match.event))
             if body is None:
                 body = bodies[id(match.event)] = match.event.to_json()
+            if match.timed_out is not None:
+                new.append(self._dead_letter(match.hook, match.timed_out, event, event.route, body, now))
+                continue
             new.append(NewDelivery(new_delivery_id(), match.hook.client, event.route, body, match.hook.index, now))
 
         session_writes: list[SessionWrite] = []
@@ -67,11 +72,24 @@ class Intake:
             change = self._sessions.apply(event)
             if change is not None:
                 session_writes.append(SessionWrite(change.client, change.key, change.connected))
-                for hook, raised in crossings(change, event, live.rules.thresholds_for(change.client)):
+                thresholds = live.rules.threshold_matches(change.client)
+                # a hook whose regex ran out of time is treated as matching: if it would cross, the
+                # raised event is kept as a dead letter; if not, nothing would have been sent anyway
+                unknown = {hook.index: (hook, timed_out) for hook, timed_out in thresholds if timed_out is not None}
+                for hook, raised in crossings(change, event, [hook for hook, _ in thresholds]):
+                    if hook.index in unknown:
+                        new.append(self._dead_letter(hook, unknown.pop(hook.index)[1], event, raised.route, raised.to_json(), now))
+                        continue
                     new.append(NewDelivery(new_delivery_id(), hook.client, raised.route, raised.to_json(), hook.index, now))
                     log.info(
                         "%s: %s (%d run sessions, hook %d minimum %s)",
                         change.client, raised.run_sessions_event.name, raised.run_sessions, hook.index, hook.min_sessions,
+                    )
+                for hook, timed_out in unknown.values():
+                    self._metrics.regex_timeouts.labels(hook.client, timed_out.key).inc()
+                    log.warning(
+                        "hook %d (%s to %s), %s for %s: %s '%s' took longer than %gms; no run-session minimum was crossed, so nothing is kept",
+                        hook.index, hook.event, hook.client, event.route, _shown(event.client_name), timed_out.key, timed_out.pattern, timed_out.budget * 1000,
                     )
 
         if new or session_writes:
@@ -81,15 +99,32 @@ class Intake:
                 if change is not None:
                     self._sessions.undo(change)
                 raise
-            self._dispatcher.schedule((d.id, d.client, now) for d in new)
+            self._dispatcher.schedule((d.id, d.client, now) for d in new if d.dead_reason is None)
             for d in new:
-                self._metrics.matches.labels(d.client, d.route).inc()
+                if d.dead_reason is None:
+                    self._metrics.matches.labels(d.client, d.route).inc()
         subject = event.setting_client or getattr(event, "username", None) or "-"
         if new:
             log.info(
                 "accepted %s for %s: %s",
-                event.route, subject, ", ".join(f"delivery {d.id} to {d.client}" for d in new),
+                event.route, subject, ", ".join(f"{'delivery' if d.dead_reason is None else 'dead letter'} {d.id} to {d.client}" for d in new),
             )
         else:
             log.info("accepted %s for %s: no hook matched", event.route, subject)
         return Accepted(event, tuple(new))
+
+    def _dead_letter(self, hook: HookConfig, timed_out: RegexTimeout, event: FigEvent, route: str, body: bytes, now: float) -> NewDelivery:
+        """A hook whose regex ran out of time neither sends nor drops the event: it keeps it for
+        the operator, who sends it with ``figrelay deliveries retry`` or drops it with ``purge``."""
+        delivery_id = new_delivery_id()
+        reason = timed_out.reason(delivery_id)
+        self._metrics.regex_timeouts.labels(hook.client, timed_out.key).inc()
+        log.warning("hook %d (%s to %s), %s for %s: %s", hook.index, hook.event, hook.client, event.route, _shown(event.setting_client), reason)
+        return NewDelivery(delivery_id, hook.client, route, body, hook.index, now, dead_reason=reason)
+
+
+def _shown(name: str | None) -> str:
+    """A setting client's name for the log: the name that made a regex backtrack may be long."""
+    if name is None:
+        return "-"
+    return repr(name if len(name) <= 60 else name[:60] + "...")

@@ -28,6 +28,10 @@ class Metrics(DeliveryObserver):
         r = self.registry
         self.events = Counter("figrelay_events_received", "Events received on the intake, by type and outcome", ["event", "outcome"], registry=r)
         self.matches = Counter("figrelay_hook_matches", "Deliveries created by hook matches (and session thresholds)", ["client", "event"], registry=r)
+        self.regex_timeouts = Counter(
+            "figrelay_regex_timeouts", "Hook regexes that ran out of time on an event (kept as a dead letter when it would have fired)",
+            ["client", "regex"], registry=r,
+        )
         self.deliveries = Counter("figrelay_deliveries", "Delivery outcomes by client: delivered, retried or dead", ["client", "outcome"], registry=r)
         self.latency = Histogram(
             "figrelay_delivery_latency_seconds", "Time from accepting an event to delivering it, retries included", ["client"],
@@ -39,6 +43,20 @@ class Metrics(DeliveryObserver):
         self.pending = Gauge("figrelay_outbox_pending", "Deliveries waiting in the outbox", ["client"], registry=r)
         self.dead = Gauge("figrelay_outbox_dead", "Dead letters kept in the outbox", ["client"], registry=r)
         self.oldest = Gauge("figrelay_outbox_oldest_pending_age_seconds", "Age of the oldest pending delivery", ["client"], registry=r)
+        self.circuit_open = Gauge(
+            "figrelay_client_circuit_open", "1 while a client's circuit is open (failing: one probe at a time, the rest wait)", ["client"], registry=r
+        )
+        self.consecutive_failures = Gauge("figrelay_client_consecutive_failures", "Failed sends in a row, per client", ["client"], registry=r)
+        self.waiting_removed = Gauge(
+            "figrelay_outbox_waiting_for_removed_client", "Pending deliveries of a removed client, waiting for its return", ["client"], registry=r
+        )
+        self.connections_open = Gauge("figrelay_intake_connections_open", "Intake connections open now (intake.max_connections bounds them)", registry=r)
+        self.connections_refused = Counter(
+            "figrelay_intake_connections_refused", "Intake connections refused or closed: too_many_connections, header_timeout, accept_failed", ["reason"],
+            registry=r,
+        )
+        self.outbox_writable = Gauge("figrelay_outbox_writable", "1 while the outbox takes writes; 0 while the intake answers 503 (a full disk)", registry=r)
+        self.store_paused = Gauge("figrelay_dispatch_paused_store_error", "1 while sending is paused because outcomes cannot be recorded", registry=r)
         self.sessions = Gauge("figrelay_sessions_tracked", "Run sessions figrelay currently counts", registry=r)
         self.reloads = Counter("figrelay_config_reloads", "Configuration reloads by result", ["result"], registry=r)
         self.reload_ok = Gauge("figrelay_config_last_reload_successful", "1 when the last reload was applied, 0 when it was rejected", registry=r)
@@ -62,6 +80,16 @@ class Metrics(DeliveryObserver):
     def retried(self, row: StoredDelivery) -> None:
         self.deliveries.labels(row.client, "retried").inc()
 
+    def expired(self, client: str) -> None:
+        self.deliveries.labels(client, "dead").inc()
+
+    def circuit(self, client: str, is_open: bool, failures: int) -> None:
+        self.circuit_open.labels(client).set(1 if is_open else 0)
+        self.consecutive_failures.labels(client).set(failures)
+
+    def sending_paused(self, paused: bool) -> None:
+        self.store_paused.set(1 if paused else 0)
+
     # --- the rest -------------------------------------------------------------------------------
 
     def reloaded(self, applied: bool) -> None:
@@ -73,8 +101,12 @@ class Metrics(DeliveryObserver):
     def set_outbox(self, stats: dict[str, tuple[int, int, float | None]], clients: list[str]) -> None:
         """Per client: (pending, dead, oldest pending created_at). Clients with none read 0."""
         now = time.time()
-        for client in set(clients) | set(stats):
+        configured = set(clients)
+        for client in configured | set(stats):
             pending, dead, oldest = stats.get(client, (0, 0, None))
+            self.waiting_removed.labels(client).set(0 if client in configured else pending)
+            if client in configured:
+                self.circuit_open.labels(client)  # 0 until it opens: a series to alert on from the start
             self.pending.labels(client).set(pending)
             self.dead.labels(client).set(dead)
             self.oldest.labels(client).set(max(0.0, now - oldest) if oldest is not None else 0)

@@ -4,6 +4,11 @@ A reload reads and fully validates the file (plugin options included) off the ev
 targets for new or changed clients, then swaps one reference: an event is matched against the old
 configuration or the new one, never a mix. An invalid file is logged with every error and the
 running configuration stays; a later good file is picked up as usual.
+
+A change of the file is applied only once the file has stopped changing for a quiet period
+(``FIGRELAY_RELOAD_QUIET_PERIOD``, 1s by default): a tool that writes the file in place, in
+several writes, would otherwise have its half-written file read and applied. Renaming a complete
+file into place is the safe way to write it. SIGHUP and ``POST /-/reload`` read the file at once.
 """
 
 from __future__ import annotations
@@ -11,19 +16,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Mapping
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 
 from .auth import SecretChecker
 from .config import Config, ConfigError, Problem, load_config
 from .delivery import ClientContext, Target
+from .durations import parse_duration
 from .plugins import PluginRegistry
 from .rules import Rules
 
 log = logging.getLogger("figrelay.reload")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,10 @@ class ConfigHolder:
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
     last_reload_ok: bool = True
     _seen_digest: str = ""
+    _in_effect: dict[str, object] = field(default_factory=dict)
+    """The values of the keys a reload cannot change (bound at start), to compare reloads with."""
+    _told: dict[str, object] = field(default_factory=dict)
+    """Per key, the differing value the log last warned about, so that it is told once."""
 
     @property
     def loaded(self) -> bool:
@@ -79,6 +94,7 @@ class ConfigHolder:
             config, digest = await asyncio.to_thread(self._read)
             live = self._build(config, digest, None)
             self._swap(live, None)
+            self._in_effect = {key: getattr(config, key) for key in RESTART_KEYS}
             return live
 
     def _read(self) -> tuple[Config, str]:
@@ -114,20 +130,33 @@ class ConfigHolder:
         except ConfigError as exc:
             self.last_reload_ok = False
             log.error(
-                "reload (%s) rejected; still serving the previous configuration. Problems:\n%s",
-                reason, "\n".join(f"  {p}" for p in exc.problems),
+                # one line per problem from the template itself: the log escapes line breaks in arguments
+                "reload (%s) rejected; still serving the previous configuration. Problems:" + "\n  %s" * len(exc.problems),
+                reason, *exc.problems,
             )
             return ReloadResult(False, reason, tuple(exc.problems))
         removed = tuple(sorted(set(old.config.clients) - set(config.clients)))
         was_bad = not self.last_reload_ok
         self._swap(live, old)
         self.last_reload_ok = True
-        for key, then, now in (("listen", old.config.listen, config.listen), ("state_dir", old.config.state_dir, config.state_dir)):
-            if then != now:
-                log.warning("reload (%s): '%s' changed; restart figrelay to apply it (still using the old value)", reason, key)
+        self._warn_restart_keys(config, reason)
         note = " (the file is valid again)" if was_bad else ""
         log.info("reload (%s) applied%s: %s", reason, note, _counts(config))
         return ReloadResult(True, reason, (), removed, config.summary())
+
+    def _warn_restart_keys(self, config: Config, reason: str) -> None:
+        """Warn once when the file newly asks for a value that only a restart applies. Compared
+        with the values in effect, not with the last file: a file restored to them says nothing."""
+        for key, running in self._in_effect.items():
+            wanted = getattr(config, key)
+            if wanted == running:
+                self._told.pop(key, None)
+            elif self._told.get(key) != wanted:
+                self._told[key] = wanted
+                log.warning(
+                    "reload (%s): '%s' changed to %s; restart figrelay to apply it (still using %s)",
+                    reason, key, _shown(wanted), _shown(running),
+                )
 
     def _build(self, config: Config, digest: str, old: LiveConfig | None) -> LiveConfig:
         targets: dict[str, Target] = {}
@@ -160,7 +189,7 @@ class ConfigHolder:
         checker = old.checker if old is not None and old.checker.same_as(secret, hashed) else SecretChecker(secret, hashed)
         generation = old.generation + 1 if old else 1
         self._seen_digest = digest
-        return LiveConfig(config, Rules(config.hooks), checker, targets, generation, digest)
+        return LiveConfig(config, Rules(config.hooks, config.intake.regex_timeout), checker, targets, generation, digest)
 
     def _swap(self, live: LiveConfig, old: LiveConfig | None) -> None:
         self._current = live
@@ -202,14 +231,94 @@ class ConfigHolder:
                     log.exception("closing a target failed")
 
 
+RESTART_KEYS = ("listen", "state_dir")
+"""Keys bound at start: a reload logs that they changed but keeps the values in effect."""
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
 def _counts(config: Config) -> str:
     return f"{len(config.clients)} clients, {len(config.hooks)} hooks"
 
 
-async def watch_config(holder: ConfigHolder, ignore: Callable[[Path], bool] = lambda p: False) -> None:
-    """Reload whenever the file's content changes. Watches the folder, not the file, so editors
-    that write a new file and rename it over the old one (and Kubernetes' symlink swaps) count."""
+# --- waiting for a file to be written whole -----------------------------------------------------
+
+QUIET_PERIOD = 1.0
+"""Seconds a changed file must stay unchanged before it is reloaded."""
+QUIET_PERIOD_ENV = "FIGRELAY_RELOAD_QUIET_PERIOD"
+
+FileState = tuple[int, int, str]
+"""(size, mtime_ns, sha256) of a file."""
+
+
+def quiet_period() -> float:
+    """The quiet period: $FIGRELAY_RELOAD_QUIET_PERIOD (a duration such as 2s), or 1s."""
+    text = os.environ.get(QUIET_PERIOD_ENV)
+    if not text:
+        return QUIET_PERIOD
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{QUIET_PERIOD_ENV}: {exc}") from None
+
+
+def file_state(path: Path) -> FileState | None:
+    """Blocking: the file's size, modification time and content digest, or None when it cannot be
+    read (for a moment during a rename, say). The digest catches a rewrite of the same size
+    within the file system's timestamp granularity."""
+    try:
+        with open(path, "rb") as f:
+            stat = os.fstat(f.fileno())
+            data = f.read()
+    except OSError:
+        return None
+    return (stat.st_size, stat.st_mtime_ns, hashlib.sha256(data).hexdigest())
+
+
+async def wait_for_quiet(
+    read: Callable[[], T],
+    quiet: float,
+    *,
+    step: float = 0.1,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    changed: Callable[[T], object] = lambda state: None,
+) -> T:
+    """Read a state (in a thread) every ``step`` seconds until it has stayed the same for ``quiet``
+    seconds, and return it. ``changed`` hears the first state and each new one."""
+    state = await asyncio.to_thread(read)
+    changed(state)
+    since = clock()
+    while (left := quiet - (clock() - since)) > 0:
+        await sleep(min(step, left))
+        now = await asyncio.to_thread(read)
+        if now != state:
+            state, since = now, clock()
+            changed(state)
+    return state
+
+
+async def watch_config(holder: ConfigHolder, ignore: Callable[[Path], bool] = lambda p: False, quiet: float | None = None) -> None:
+    """Reload whenever the file's content changes, once it has stopped changing for ``quiet``
+    seconds (default: ``quiet_period()``). Watches the folder, not the file, so editors that write
+    a new file and rename it over the old one (and Kubernetes' symlink swaps) count."""
     import watchfiles
+
+    if quiet is None:
+        try:
+            quiet = quiet_period()
+        except ValueError as exc:
+            log.error("%s; using %gs", exc, QUIET_PERIOD)
+            quiet = QUIET_PERIOD
+    wait = quiet
+
+    def seen(state: FileState | None) -> None:
+        what = f"{state[0]} bytes" if state is not None else "unreadable for now"
+        log.debug("%s changed (%s); reloading once it has not changed for %gs", holder.path, what, wait)
 
     folder = holder.path.parent.resolve()
     name = holder.path.name
@@ -220,6 +329,7 @@ async def watch_config(holder: ConfigHolder, ignore: Callable[[Path], bool] = la
 
     try:
         async for _changes in watchfiles.awatch(folder, watch_filter=relevant, debounce=200, step=50, recursive=False):
+            await wait_for_quiet(lambda: file_state(holder.path), wait, changed=seen)
             if await asyncio.to_thread(holder.file_changed):
                 await holder.reload("file changed")
     except asyncio.CancelledError:

@@ -7,18 +7,24 @@ store the event (the sender should retry, as Fig will not).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
+from .connections import track_requests
 from .events import ROUTES, EventError, parse_event_body
 from .intake import Intake
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .outbox import Outbox, OutboxError
+from .outbox import Outbox, OutboxError, UnstorableError
 from .reload import ConfigHolder
 
 log = logging.getLogger("figrelay.server")
@@ -34,9 +40,18 @@ _ROUTE_LIST = [f"POST /{r}" for r in ROUTES]
 _LOWER_ROUTES = {r.lower(): r for r in ROUTES}
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_text(value: Any) -> str:
+    # A refusal may quote header bytes that are not UTF-8 (aiohttp hands them on as lone
+    # surrogates), which cannot be encoded: they are written as U+FFFD.
+    return _LONE_SURROGATE.sub("\ufffd", json.dumps(value, ensure_ascii=False))
+
+
 def error_response(status: int, error: str, message: str, **extra: Any) -> web.Response:
     body = {"error": error, "message": message, **extra}
-    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+    return web.json_response(body, status=status, dumps=_json_text)
 
 
 def _route_of(path: str) -> str | None:
@@ -66,20 +81,62 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None when it is longer than ``limit`` bytes."""
+class BodyNotReceived(Exception):
+    """The request body did not arrive whole: ``outcome`` for the metrics, ``response`` to answer."""
+
+    def __init__(self, outcome: str, response: web.Response) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.response = response
+
+
+async def _read_limited(request: web.Request, limit: int, timeout: float) -> bytes | None:
+    """The body, or None when it is longer than ``limit`` bytes. Raises BodyNotReceived when it
+    takes more than ``timeout`` seconds in all (a Content-Length longer than the body ends so)
+    or the client leaves: one WARNING line each, no traceback."""
     if request.content_length is not None and request.content_length > limit:
         return None
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.read(65536)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    expected = "?" if request.content_length is None else str(request.content_length)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await request.content.read(65536)
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+    except TimeoutError:
+        log.warning(
+            "%s %s from %s: %s of %s bytes of the body arrived within %gs (intake.body_timeout); answered 408",
+            request.method, request.path, request.remote, size, expected, timeout,
+        )
+        response = error_response(
+            408, "body_timeout",
+            f"the request body did not arrive within {timeout:g}s (intake.body_timeout): got {size} of {expected} bytes; "
+            "send the whole body that Content-Length announces",
+        )
+        response.force_close()  # the rest of the body may still come: the connection is unusable
+        raise BodyNotReceived("body_timeout", response) from None
+    except (ConnectionError, web.RequestPayloadError) as exc:
+        # aiohttp would log either as an "Error handling request" traceback: the client is the
+        # cause, so one line is enough. Nobody reads the answer when the client has gone.
+        if isinstance(exc, ConnectionError):
+            what = f"the client closed the connection after {size} of {expected} bytes of the body"
+        else:
+            what = f"the body is cut short or malformed after {size} bytes ({exc})"
+        log.warning("%s %s from %s: %s; nothing was stored", request.method, request.path, request.remote, what)
+        response = error_response(400, "incomplete_body", f"{what}; nothing was stored")
+        response.force_close()
+        raise BodyNotReceived("incomplete_body", response) from None
+
+
+def peer_key(request: web.Request) -> str:
+    """Whose turn a secret check is: the peer's IP address; every unix socket peer shares one."""
+    return request.remote or "unix socket"
 
 
 async def receive_event(request: web.Request) -> web.Response:
@@ -89,9 +146,15 @@ async def receive_event(request: web.Request) -> web.Response:
     holder = request.app[HOLDER]
     live = holder.current
     count = request.app[METRICS].events.labels
-    if not await live.checker.check(request.headers.get("Authorization")):
+    verdict = await live.checker.verify(request.headers.get("Authorization"), peer_key(request))
+    if verdict.retry_after is not None:  # this peer's secret checks are queued up: not checked
+        count(route, "throttled").inc()
+        response = error_response(429, "too_many_secret_checks", verdict.message)
+        response.headers["Retry-After"] = str(verdict.retry_after)
+        return response
+    if not verdict.ok:
         count(route, "unauthorized").inc()
-        response = error_response(401, "unauthorized", "missing or wrong 'Authorization: Secret <secret>' header; use the secret of the Fig web hook client")
+        response = error_response(401, "unauthorized", verdict.message)
         response.headers["WWW-Authenticate"] = "Secret"
         return response
 
@@ -103,7 +166,11 @@ async def receive_event(request: web.Request) -> web.Response:
             return error_response(415, "unsupported_media_type", f"the body must be JSON (Content-Type: application/json), got {mime or 'an empty type'}")
 
     limit = live.config.intake.max_body_bytes
-    body = await _read_limited(request, limit)
+    try:
+        body = await _read_limited(request, limit, live.config.intake.body_timeout)
+    except BodyNotReceived as exc:
+        count(route, exc.outcome).inc()
+        return exc.response
     if body is None:
         count(route, "too_large").inc()
         return error_response(413, "payload_too_large", f"the body is larger than {limit} bytes (intake.max_body_bytes)")
@@ -116,6 +183,9 @@ async def receive_event(request: web.Request) -> web.Response:
 
     try:
         accepted = await request.app[INTAKE].accept(event)
+    except UnstorableError as exc:  # this event, not the outbox: sending it again cannot help
+        count(route, "invalid").inc()
+        return error_response(400, "invalid_event", f"{route}: the event cannot be stored: {exc}", event=route, field=None, problem=str(exc))
     except OutboxError as exc:
         count(route, "storage_error").inc()
         log.error("cannot store a %s event: %s", route, exc)
@@ -143,12 +213,22 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready: listening, the outbox takes a durable write, a configuration is loaded."""
     checks: dict[str, Any] = {"listening": request.app[READY]()}
-    try:
-        await request.app[OUTBOX].check_writable()
-        checks["outbox_writable"] = True
-    except Exception as exc:
-        checks["outbox_writable"] = False
-        checks["outbox_error"] = str(exc)
+    outbox = request.app[OUTBOX]
+    # Not ready whenever the intake would answer 503: the outbox's health follows every write,
+    # the intake's included. While it is unwritable, the outbox's own probe (not this request)
+    # finds out when it heals; a tiny write here could fit where an event does not.
+    error = None
+    if outbox.health.writable:
+        try:
+            await outbox.check_writable()  # catches a disk that filled up while nothing was written
+        except Exception as exc:
+            error = str(exc)
+    health = outbox.health
+    checks["outbox_writable"] = health.writable and error is None
+    if not checks["outbox_writable"]:
+        checks["outbox_error"] = health.error or error
+    if not health.writable:
+        checks["outbox_unwritable_since"] = datetime.fromtimestamp(health.since, timezone.utc).isoformat(timespec="seconds")
     holder = request.app[HOLDER]
     checks["config_loaded"] = holder.loaded
     checks["last_reload_successful"] = holder.last_reload_ok
@@ -165,6 +245,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         log.error("metrics: cannot read the outbox: %s", exc)
         stats = {}
     metrics.set_outbox(stats, list(app[HOLDER].current.config.clients))
+    metrics.outbox_writable.set(1 if app[OUTBOX].health.writable else 0)
     metrics.sessions.set(app[INTAKE].sessions.total())
     response = web.Response(body=metrics.render())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
@@ -184,7 +265,8 @@ def _is_local(request: web.Request) -> bool:
 async def reload_config(request: web.Request) -> web.Response:
     """``POST /-/reload``: from this machine, or with the intake secret."""
     holder = request.app[HOLDER]
-    if not _is_local(request) and not (holder.current.checker.required and await holder.current.checker.check(request.headers.get("Authorization"))):
+    checker = holder.current.checker
+    if not _is_local(request) and not (checker.required and await checker.check(request.headers.get("Authorization"), peer_key(request))):
         return error_response(403, "forbidden", "reload is allowed from this machine (loopback or unix socket) or with the intake secret")
     result = await holder.reload("POST /-/reload")
     if result.applied:
@@ -203,7 +285,7 @@ async def other_method(request: web.Request) -> web.Response:
 
 def create_app(intake: Intake, holder: ConfigHolder, ready: Callable[[], bool], outbox: Outbox, metrics: Metrics) -> web.Application:
     # aiohttp's own cap stays high: the configurable, reloadable limit is checked per request.
-    app = web.Application(middlewares=[json_errors], client_max_size=1024**3)
+    app = web.Application(middlewares=[track_requests, json_errors], client_max_size=1024**3)
     app[INTAKE] = intake
     app[HOLDER] = holder
     app[READY] = ready
@@ -216,3 +298,64 @@ def create_app(intake: Intake, holder: ConfigHolder, ready: Callable[[], bool], 
     app.router.add_post("/{path:.*}", receive_event)
     app.router.add_route("*", "/{path:.*}", other_method)
     return app
+
+
+# --- answers for requests that never reach a route ------------------------------------------------
+
+
+_QUOTED_CREDENTIALS = re.compile(r"((?:proxy-)?authorization:)[^'\"]*", re.IGNORECASE)
+
+
+def _http_problem(exc: HttpProcessingError) -> str:
+    """aiohttp's parser message on one line: its text and the quoted bytes, without the caret line,
+    and without the credentials of an Authorization line that it quotes."""
+    lines = [line.strip() for line in (exc.message or str(exc)).splitlines()]
+    text = " ".join(line for line in lines if line and set(line) != {"^"})
+    return _QUOTED_CREDENTIALS.sub(r"\1 ***", text)
+
+
+class IntakeRequestHandler(RequestHandler):
+    """aiohttp's protocol for one connection, with figrelay's answer to a request that never
+    reached a route: a JSON body like every other refusal, and a sender's mistake logged as one
+    WARNING line (aiohttp logs an ERROR with a traceback for each)."""
+
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: a half-sent answer cannot become another one
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        peer = request.remote or "a unix socket client"
+        if isinstance(exc, HttpProcessingError):
+            status = exc.code if 400 <= exc.code < 500 else 400
+            problem = _http_problem(exc)
+            log.warning("refused a request from %s that is not valid HTTP/1.1 (answered %d): %s", peer, status, problem)
+            response = error_response(status, "bad_request", f"the request is not valid HTTP/1.1: {problem}; send a well-formed HTTP/1.1 request")
+        elif isinstance(exc, ConnectionError):
+            log.warning("%s closed the connection during its request: %s", peer, exc)
+            response = error_response(400, "connection_lost", "the connection was closed during the request")
+        elif exc is None and status != 500:
+            log.warning("a request from %s ended with %d: %s", peer, status, message or "no detail")
+            response = error_response(status, "request_failed", message or "the request could not be handled; try again")
+        else:
+            log.error("error handling a request from %s", peer, exc_info=exc)
+            response = error_response(500, "internal_error", "figrelay failed to handle the request; this is a bug: report it with figrelay's log")
+        response.force_close()
+        return response
+
+
+class _IntakeServer(web.Server):
+    """aiohttp's protocol factory, making IntakeRequestHandler protocols."""
+
+    def __call__(self) -> RequestHandler:
+        return IntakeRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class IntakeRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer malformed requests as figrelay does."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The application builds its own web.Server; only the protocol it makes differs, and
+        # _IntakeServer adds no state, so the built server takes the subclass as it is.
+        server.__class__ = _IntakeServer
+        return server

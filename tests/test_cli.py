@@ -47,7 +47,7 @@ def test_check_reports_every_problem_with_file_line_and_key(tmp_path):
         f"{config}:10: hooks[0].event: unknown event 'SettingValueChange'; did you mean 'SettingValueChanged'?",
         f"{config}:11: hooks[1].client: no client is named 'c'",
         f"{config}:11: hooks[1].min_sessions: must be at least 1, got 0",
-        f"{config}:12: hooks[2].client_regex: invalid regular expression '(unclosed': missing ), unterminated subpattern",
+        f"{config}:12: hooks[2].client_regex: invalid regular expression '(unclosed': missing ) at position 9",
         f"{config}:1: listen: no secret is configured but figrelay listens on 0.0.0.0:8970",
     ]
     for line in expected:

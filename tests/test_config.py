@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import regex
 from pydantic import BaseModel, ValidationError
 
 from figrelay.config import Config, ConfigError, HookConfig, Listener, Problem, load_config, parse_config
@@ -99,7 +100,8 @@ def test_example_config_loads_cleanly(registry: PluginRegistry) -> None:
     assert config.intake.max_body_bytes == 1048576
     assert config.delivery.max_age == 24 * 3600
     assert config.delivery.backoff_base == 2
-    assert config.delivery.backoff_max == 3600
+    assert config.delivery.backoff_max == 60
+    assert config.delivery.circuit_open_after == 3
     assert config.delivery.attempt_timeout == 60
     assert config.delivery.max_in_flight == 4
     assert config.delivery.shutdown_timeout == 10
@@ -146,8 +148,16 @@ def test_hook_defaults_and_lines(cfg: Loader) -> None:
     assert (second.index, second.min_sessions, second.client_regex.pattern, second.line) == (1, 1, "^Orders", 7)
 
 
-def test_empty_file_gives_defaults(cfg: Loader) -> None:
-    config = cfg.load("")
+@pytest.mark.parametrize("text", ["", "\n   \n", "# figrelay\n# nothing here yet\n", "---\n", "~\n", "null\n"])
+def test_an_empty_file_is_an_error(cfg: Loader, text: str) -> None:
+    # a file caught half-written at its start, not a wish for a relay without clients and hooks
+    err = cfg.error(text)
+    [p] = err.problems
+    assert "the file is empty" in p.message and "clients" in p.message and "rename" in p.message
+
+
+def test_an_explicit_empty_mapping_gives_defaults(cfg: Loader) -> None:
+    config = cfg.load("{}\n")
     assert [str(l) for l in config.listen] == ["127.0.0.1:8970"]
     assert config.clients == {} and config.hooks == ()
     assert config.state_dir == cfg.dir.resolve() / "state"
@@ -257,10 +267,34 @@ def test_invalid_regex_with_compiler_message(cfg: Loader, field: str, event: str
     p = cfg.problem(BASE + f"  - event: {event}\n    client: console\n    {field}: '(Orders'\n", f"hooks[1].{field}")
     compiler = ""
     try:
-        re.compile("(Orders")
-    except re.error as exc:
+        regex.compile("(Orders", regex.VERSION0)
+    except regex.error as exc:
         compiler = str(exc)
+    assert compiler and "missing )" in compiler
     assert_problem(p, 9, f"hooks[1].{field}", "invalid regular expression", compiler)
+
+
+def test_hook_regexes_are_compiled_by_the_engine_they_need(cfg: Loader) -> None:
+    config = cfg.load(
+        BASE
+        + "  - {event: ClientStatusChanged, client: console, client_regex: '^Orders'}\n"
+        + "  - {event: ClientStatusChanged, client: console, client_regex: '^(?!Test)\\p{Lu}'}\n"
+        + "  - {event: SettingValueChanged, client: console, setting_regex: '(?<=Read)Timeout$'}\n"
+    )
+    default, literal, lookahead, setting = config.hooks
+    # literals and .* cannot backtrack: Python's re, as before; the rest: regex, time-limited
+    assert isinstance(default.client_regex, re.Pattern) and isinstance(literal.client_regex, re.Pattern)
+    assert isinstance(lookahead.client_regex, regex.Pattern) and lookahead.client_regex.search("OrdersApi")
+    assert not lookahead.client_regex.search("TestApi")
+    assert isinstance(setting.setting_regex, regex.Pattern) and setting.setting_regex.search("ReadTimeout")
+
+
+def test_regex_timeout(cfg: Loader) -> None:
+    assert cfg.load(BASE).intake.regex_timeout == 0.005
+    assert cfg.load("intake:\n  regex_timeout: 20ms\n" + BASE).intake.regex_timeout == pytest.approx(0.02)
+    for value in ("0", "1s"):
+        p = cfg.problem(f"intake:\n  regex_timeout: {value}\n" + BASE, "intake.regex_timeout")
+        assert_problem(p, 2, "intake.regex_timeout", "at most 100ms")
 
 
 def test_min_sessions_zero(cfg: Loader) -> None:
@@ -315,7 +349,9 @@ def test_yaml_syntax_error_names_file_and_line(cfg: Loader) -> None:
 
 def test_top_level_must_be_a_mapping(cfg: Loader) -> None:
     err = cfg.error("- a\n- b\n")
-    assert "mapping" in str(err)
+    assert "must be a mapping" in str(err) and "a list" in str(err)
+    err = cfg.error("clients\n")  # a file cut after its first word
+    assert "must be a mapping" in str(err) and "only the text 'clients'" in str(err)
 
 
 # --- ${...} substitution --------------------------------------------------------------------------

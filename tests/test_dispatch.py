@@ -12,9 +12,9 @@ import pytest
 from conftest import wait_until
 from figrelay.config import DeliverySettings, HookConfig
 from figrelay.delivery import Delivered, Delivery, Failed, Outcome, Retry
-from figrelay.dispatch import ClientRoute, Dispatcher, Routing, backoff_delay
+from figrelay.dispatch import ClientRoute, DeliveryObserver, Dispatcher, Routing, backoff_delay
 from figrelay.messages import Severity
-from figrelay.outbox import NewDelivery, Outbox
+from figrelay.outbox import NewDelivery, Outbox, OutboxError, OutcomeWrites
 from figrelay.samples import sample_events
 from figrelay.templates import MessageTemplates
 
@@ -182,11 +182,13 @@ async def test_a_template_failing_on_a_real_event_falls_back_to_the_default(outb
 async def test_retry_after_holds_the_client_and_permanent_failures_are_dead(outbox):
     target = Recorder(Retry("busy", retry_after=0.3), Failed("HTTP 400: nope"))
     dispatcher = Dispatcher(outbox, Routing(SETTINGS, {"chat": ClientRoute(target, max_in_flight=1)}, {0: hook(0)}))
-    await accept(outbox, dispatcher, 2)
+    ids = await accept(outbox, dispatcher, 2)
     await wait_until(lambda: len(target.sent) == 3)
     assert target.sent[1][0] - target.sent[0][0] >= 0.29
+    # the retried delivery keeps its place at the head: the client gets them in order
+    assert [d.id for _, d in target.sent] == [ids[0], ids[0], ids[1]]
     dead = await outbox.list(state="dead")
-    assert len(dead) == 1 and dead[0].last_error == "HTTP 400: nope" and dead[0].attempts == 1
+    assert len(dead) == 1 and dead[0].id == ids[0] and dead[0].last_error == "HTTP 400: nope" and dead[0].attempts == 2
     await _drained_pending(outbox)
     await run(dispatcher)
 
@@ -198,17 +200,263 @@ async def _drained_pending(outbox: Outbox) -> None:
         await asyncio.sleep(0.01)
 
 
+class FakeClock:
+    """Unix time that a test moves forward in jumps (``clock.now += 3600``); between jumps it
+    runs at the real pace, so short backoffs still pass by themselves."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self._offset = start - time.monotonic()
+
+    @property
+    def now(self) -> float:
+        return time.monotonic() + self._offset
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._offset = value - time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_deliveries_past_max_age_become_dead_letters(outbox):
-    target = Recorder(*[Retry("down")] * 10)
-    settings = DeliverySettings(backoff_base=0.01, backoff_max=0.02, max_age=0.1)
-    dispatcher = Dispatcher(outbox, Routing(settings, {"chat": ClientRoute(target)}, {0: hook(0)}))
-    await accept(outbox, dispatcher, 1)
-    deadline = time.monotonic() + 5
-    while not await outbox.list(state="dead"):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    clock = FakeClock()
+
+    class Down(Recorder):
+        async def deliver(self, delivery: Delivery) -> Outcome:
+            await super().deliver(delivery)
+            clock.now += 60  # each try takes a minute of the injected clock
+            return Retry("down")
+
+    target = Down()
+    settings = DeliverySettings(backoff_base=0.01, backoff_max=0.02, max_age=150)
+    dispatcher = Dispatcher(outbox, Routing(settings, {"chat": ClientRoute(target)}, {0: hook(0)}), clock=clock)
+    [row_id] = await accept_at(outbox, dispatcher, clock.now, 1)
+    await wait_until_async(lambda: outbox.list(state="dead"))
     [dead] = await outbox.list(state="dead")
-    assert "(delivery.max_age): down" in dead.last_error and dead.attempts >= 2
+    assert dead.id == row_id
+    # tries at 0 and 60 s; the one at 120 s would retry past 150 s: it is the last
+    assert len(target.sent) == 3 and dead.attempts == 3
+    assert dead.last_error == "gave up after 3 attempts over 3m (delivery.max_age): down"
+    await run(dispatcher)
+
+
+async def accept_at(outbox: Outbox, dispatcher: Dispatcher, now: float, n: int, client: str = "chat") -> list[str]:
+    body = sample_events("SettingValueChanged")[0].to_json()
+    rows = [NewDelivery(f"{client}-{i:04d}", client, "SettingValueChanged", body, 0, now) for i in range(n)]
+    await outbox.accept(rows)
+    dispatcher.schedule((r.id, r.client, now) for r in rows)
+    return [r.id for r in rows]
+
+
+async def wait_until_async(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (result := await check()):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+    return result
+
+
+class Switchable(Recorder):
+    """A target that is down (Retry) until ``up`` is set; counts concurrent sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = False
+        self.running = 0
+        self.peak_while_down = 0
+        self.delivered: list[str] = []
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        self.running += 1
+        try:
+            await asyncio.sleep(0)  # let other sends start, if the lane allowed them
+            self.sent.append((time.monotonic(), delivery))
+            if not self.up:
+                self.peak_while_down = max(self.peak_while_down, self.running)
+                return Retry("HTTP 503: down")
+            self.delivered.append(delivery.id)
+            return Delivered()
+        finally:
+            self.running -= 1
+
+
+class Watcher(DeliveryObserver):
+    def __init__(self) -> None:
+        self.circuits: list[tuple[str, bool]] = []
+
+    def circuit(self, client: str, is_open: bool, failures: int) -> None:
+        if not self.circuits or self.circuits[-1] != (client, is_open):
+            self.circuits.append((client, is_open))
+
+
+async def test_an_outage_costs_one_probe_at_a_time_and_the_backlog_drains_in_order(outbox):
+    target = Switchable()
+    settings = DeliverySettings(backoff_base=0.005, backoff_max=0.01, circuit_open_after=3)
+    watcher = Watcher()
+    dispatcher = Dispatcher(outbox, Routing(settings, {"chat": ClientRoute(target, max_in_flight=4)}, {0: hook(0)}), watcher)
+    ids = await accept_at(outbox, dispatcher, time.time(), 200)
+    await wait_until(lambda: len(target.sent) >= 30, what="probes while down")
+    assert watcher.circuits == [("chat", True)]
+    assert dispatcher.health()["chat"].state == "open"
+    # an open circuit sends one probe at a time, always the oldest delivery; the rest wait
+    opened_at = next(i for i, (_, d) in enumerate(target.sent) if i >= 3)
+    probes = [d.id for _, d in target.sent[opened_at + 3 :]]
+    assert set(probes) == {ids[0]}, "only the head of the lane is tried while the circuit is open"
+    target.up = True
+    await wait_until(lambda: len(target.delivered) == 200, what="the drain")
+    assert target.delivered[:1] == [ids[0]] and sorted(target.delivered) == ids
+    assert watcher.circuits == [("chat", True), ("chat", False)]
+    assert dispatcher.health()["chat"].state == "closed"
+    await _drained(outbox)
+    await run(dispatcher)
+
+
+async def test_order_is_kept_across_failures_with_one_in_flight(outbox):
+    outcomes = [Retry("HTTP 503"), Delivered(), Retry("HTTP 502"), Retry("timeout"), Delivered()] * 8
+    target = Recorder(*outcomes)
+    settings = DeliverySettings(backoff_base=0.002, backoff_max=0.005)
+    dispatcher = Dispatcher(outbox, Routing(settings, {"chat": ClientRoute(target, max_in_flight=1)}, {0: hook(0)}))
+    ids = await accept_at(outbox, dispatcher, time.time(), 30)
+    await _drained(outbox)
+    delivered: list[str] = []
+    scripted = list(outcomes)
+    for _, d in target.sent:
+        outcome = scripted.pop(0) if scripted else Delivered()
+        if isinstance(outcome, Delivered):
+            delivered.append(d.id)
+    assert delivered == ids, "with max_in_flight 1 the target receives the events in the order they were accepted"
+    await run(dispatcher)
+
+
+async def test_order_is_kept_across_a_restart(tmp_path):
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path)
+    await box.open()
+    body = sample_events("SettingValueChanged")[0].to_json()
+    # accepted in this order; the third was retried before the restart (later next_attempt_at)
+    await box.accept([NewDelivery(f"d{i}", "chat", "SettingValueChanged", body, 0, 1000.0 + i) for i in range(5)])
+    await box.record_outcomes(OutcomeWrites(1010.0, retry=[("d2", 3, 99999.0, "HTTP 503")]))
+    await box.close()
+    box = Outbox(path)
+    await box.open()
+    target = Recorder()
+    dispatcher = Dispatcher(box, Routing(SETTINGS, {"chat": ClientRoute(target, max_in_flight=1)}, {0: hook(0)}))
+    dispatcher.schedule(await box.pending_in_order())
+    await wait_until(lambda: len(target.sent) == 5)
+    assert [d.id for _, d in target.sent] == ["d0", "d1", "d2", "d3", "d4"]
+    assert target.sent[2][1].attempt == 4
+    await run(dispatcher)
+    await box.close()
+
+
+async def test_a_dead_letter_does_not_block_the_ones_behind_it(outbox):
+    target = Recorder(Failed("HTTP 400: bad"), Delivered(), Failed("HTTP 404"), Delivered())
+    dispatcher = Dispatcher(outbox, Routing(SETTINGS, {"chat": ClientRoute(target, max_in_flight=1)}, {0: hook(0)}))
+    ids = await accept_at(outbox, dispatcher, time.time(), 4)
+    await wait_until(lambda: len(target.sent) == 4)
+    assert [d.id for _, d in target.sent] == ids
+    assert sorted(r.id for r in await outbox.list(state="dead")) == [ids[0], ids[2]]
+    await run(dispatcher)
+
+
+async def test_deliveries_waiting_behind_an_open_circuit_expire_without_attempts(outbox):
+    clock = FakeClock()
+    target = Switchable()
+    settings = DeliverySettings(backoff_base=0.005, backoff_max=0.01, circuit_open_after=2, max_age=3600)
+    dispatcher = Dispatcher(outbox, Routing(settings, {"chat": ClientRoute(target, max_in_flight=1)}, {0: hook(0)}), clock=clock)
+    old = await accept_at(outbox, dispatcher, clock.now, 3)
+    await wait_until(lambda: len(target.sent) >= 3 and dispatcher.health()["chat"].state == "open")
+    clock.now += 1800
+    body = sample_events("SettingValueChanged")[0].to_json()
+    await outbox.accept([NewDelivery("young", "chat", "SettingValueChanged", body, 0, clock.now)])
+    dispatcher.schedule([("young", "chat", clock.now)])
+    clock.now += 1801  # the first three are past max_age now; "young" is not
+    dead = await wait_until_async(lambda: _dead_ids(outbox, 3))
+    assert set(old) <= set(dead)
+    tried = {d.id for _, d in target.sent}
+    assert not tried & set(old[1:]), "deliveries behind the probe were never tried"
+    [waiting_reason] = {r.last_error for r in await outbox.list(state="dead") if r.id in old[1:]}
+    assert "waiting (delivery.max_age): client 'chat' has been failing: HTTP 503: down" in waiting_reason
+    target.up = True
+    await wait_until(lambda: "young" in target.delivered)
+    await run(dispatcher)
+
+
+async def _dead_ids(outbox: Outbox, n: int) -> list[str] | None:
+    dead = [r.id for r in await outbox.list(state="dead")]
+    return dead if len(dead) >= n else None
+
+
+class FlakyStore(Outbox):
+    """An outbox whose outcome writes fail until ``healthy`` is set (a full disk)."""
+
+    healthy = True
+    failed_writes = 0
+
+    async def record_outcomes(self, outcomes):
+        if not self.healthy:
+            self.failed_writes += 1
+            raise OutboxError("database or disk is full")
+        await super().record_outcomes(outcomes)
+
+
+async def test_when_outcomes_cannot_be_recorded_sending_stops_until_they_can(tmp_path):
+    store = FlakyStore(tmp_path / "outbox.sqlite3")
+    await store.open()
+    store.healthy = False
+    target = Recorder()
+    watcher = PauseWatcher()
+    dispatcher = Dispatcher(store, Routing(SETTINGS, {"chat": ClientRoute(target, max_in_flight=1)}, {0: hook(0)}), watcher, store_retry=(0.01, 0.02))
+    ids = await accept_at(store, dispatcher, time.time(), 5)
+    await wait_until(lambda: store.failed_writes >= 5, what="the outcome to be written again, with backoff")
+    # the first delivery went out once; its success could not be written, so nothing else went
+    assert [d.id for _, d in target.sent] == [ids[0]]
+    assert dispatcher.store_error == "database or disk is full" and watcher.paused == [True]
+    store.healthy = True
+    await wait_until(lambda: len(target.sent) == 5)
+    assert [d.id for _, d in target.sent] == ids, "each delivery was sent once"
+    await _drained(store)
+    assert dispatcher.store_error is None and watcher.paused == [True, False]
+    await run(dispatcher)
+    await store.close()
+
+
+class PauseWatcher(DeliveryObserver):
+    def __init__(self) -> None:
+        self.paused: list[bool] = []
+
+    def sending_paused(self, paused: bool) -> None:
+        self.paused.append(paused)
+
+
+async def test_a_removed_client_s_deliveries_wait_and_resume_when_it_returns(outbox):
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    class Held(Recorder):
+        async def deliver(self, delivery: Delivery) -> Outcome:
+            started.set()
+            await gate.wait()
+            return await super().deliver(delivery)
+
+    target = Held()
+    routing = Routing(SETTINGS, {"chat": ClientRoute(target, max_in_flight=1)}, {0: hook(0)})
+    dispatcher = Dispatcher(outbox, routing)
+    ids = await accept_at(outbox, dispatcher, time.time(), 3)
+    await started.wait()
+    dispatcher.set_routing(Routing(SETTINGS, {}, {}))
+    gate.set()
+    await wait_until(lambda: len(target.sent) == 1)  # the one in flight finishes normally
+
+    async def only_the_rest_pending() -> bool:
+        return [r.id for r in await outbox.list(state="pending")] == ids[1:]
+
+    await wait_until_async(only_the_rest_pending)
+    assert not await outbox.list(state="dead")
+    dispatcher.set_routing(routing)
+    dispatcher.schedule(await outbox.pending_in_order("chat"))
+    await wait_until(lambda: len(target.sent) == 3)
+    assert [d.id for _, d in target.sent] == ids
     await run(dispatcher)
 
 
@@ -240,7 +488,8 @@ def test_backoff_is_full_jitter_capped_and_honours_retry_after():
     assert backoff_delay(10, settings, None, rng=lambda lo, hi: hi) == 60
     assert backoff_delay(1, settings, None, rng=lambda lo, hi: lo) == 0
     assert backoff_delay(1, settings, 30, rng=lambda lo, hi: lo) == 30
-    assert backoff_delay(1, settings, 3600, rng=lambda lo, hi: lo) == 60  # clamped to backoff_max
+    assert backoff_delay(1, settings, 600, rng=lambda lo, hi: lo) == 600  # honoured past backoff_max ...
+    assert backoff_delay(1, settings, 86400, rng=lambda lo, hi: lo) == 3600  # ... up to an hour
 
 
 def test_severity_order():

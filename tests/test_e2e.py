@@ -244,18 +244,44 @@ async def test_reload_on_file_change_and_sighup_keeps_last_good_config(daemon_fa
     assert len(b.requests) == 2
 
 
-async def test_removed_client_pending_deliveries_become_dead_letters(daemon_factory, receiver_factory):
+async def test_a_removed_client_s_deliveries_wait_for_its_return(daemon_factory, receiver_factory):
+    from test_operations import afigrelay
+
     a, gone = await receiver_factory(), await receiver_factory()
     gone.responder = lambda r: web.Response(status=503)
-    config = relay_config({"a": a, "gone": gone}, "  - {event: SecurityEvent, client: gone}").replace("backoff_base: 0.05s", "backoff_base: 30s").replace("backoff_max: 0.5s", "backoff_max: 60s")
-    d = await daemon_factory(config)
-    await d.post("SecurityEvent", event("SecurityEvent"), AUTH)
+    with_gone = relay_config({"a": a, "gone": gone}, "  - {event: SecurityEvent, client: gone}").replace("backoff_base: 0.05s", "backoff_base: 30s").replace("backoff_max: 0.5s", "backoff_max: 60s")
+    d = await daemon_factory(with_gone)
+    await d.post("SecurityEvent", event("SecurityEvent", Username="first"), AUTH)
     await d.wait_for_log(r"retrying in")
     mark = len(d.lines)
-    write_config(d.config_path, relay_config({"a": a}, "  - {event: SecurityEvent, client: a}"))
-    await d.wait_for_log(r"pending deliveries of removed client 'gone' are now dead letters", start=mark)
-    dead = outbox_rows(d.config_path.parent, "dead")
-    assert [(row[1], row[5]) for row in dead] == [("gone", "client 'gone' was removed from the configuration")]
+    without = relay_config({"a": a}, "  - {event: SecurityEvent, client: a}")
+    write_config(d.config_path, without)
+    await d.wait_for_log(r"client 'gone' was removed: its pending deliveries wait", start=mark)
+    assert [(row[1], row[3]) for row in outbox_rows(d.config_path.parent)] == [("gone", "pending")], "never a dead letter"
+
+    code, out, _ = await afigrelay("deliveries", "--config", str(d.config_path))
+    assert code == 0 and "waiting" in out and "client removed" in out and "1 pending (1 waiting for a removed client to return)" in out
+    _, metrics, _ = await d.request("GET", "/metrics")
+    assert 'figrelay_outbox_waiting_for_removed_client{client="gone"} 1.0' in metrics
+
+    # the client comes back (now healthy): its delivery goes, with the same id
+    gone.responder = lambda r: web.Response(status=200)
+    mark = len(d.lines)
+    write_config(d.config_path, with_gone.replace("backoff_base: 30s", "backoff_base: 0.05s"))
+    await d.wait_for_log(r"client gone is configured again: resuming its 1 waiting deliveries", start=mark)
+    await wait_until(lambda: [r.json["Username"] for r in gone.requests if r.json].count("first") >= 2, what="the delivery after the return")
+    await wait_until(lambda: outbox_rows(d.config_path.parent) == [])
+
+    # removed again with a delivery pending: an explicit purge drops it
+    gone.responder = lambda r: web.Response(status=503)
+    await d.post("SecurityEvent", event("SecurityEvent", Username="second"), AUTH)
+    await wait_until(lambda: any(r.json and r.json["Username"] == "second" for r in gone.requests))
+    mark = len(d.lines)
+    write_config(d.config_path, without)
+    await d.wait_for_log(r"client 'gone' was removed", start=mark)
+    code, out, _ = await afigrelay("deliveries", "purge", "--client", "gone", "--config", str(d.config_path))
+    assert code == 0 and "1 pending deliveries of removed client 'gone' deleted" in out, out
+    assert outbox_rows(d.config_path.parent) == []
 
 
 async def test_bad_requests_get_clear_4xx(daemon_factory, receiver):

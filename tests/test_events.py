@@ -12,6 +12,7 @@ import pytest
 
 from figrelay.events import (
     EVENT_TYPES,
+    MAX_DEPTH,
     ROUTES,
     ClientStatusChanged,
     ConnectionEvent,
@@ -433,13 +434,103 @@ def test_control_characters_escaped_like_newtonsoft() -> None:
     assert b'"ChangeMessage":"line1\\nline2\\ttab \\"quoted\\" back\\\\slash \\u0001\\u001f"' in out
 
 
-def test_lone_surrogate_is_rejected_or_serialised() -> None:
-    body = b'{"ClientName":"Orders\\ud800Api","ConnectionEvent":0}'
-    try:
-        event = parse_event_body("ClientStatusChanged", body)
-    except EventError:
-        return  # rejecting it as a bad body is fine
-    assert isinstance(event.to_json(), bytes)
+def test_lone_surrogate_is_replaced_at_parse_time_for_every_event_type() -> None:
+    # before: ClientStatusChanged kept "\ud800" (and failed later in SQLite) while
+    # SettingValueChanged relayed U+FFFD; now every string is U+FFFD from the start
+    for route, body in [
+        ("ClientStatusChanged", b'{"ClientName":"Orders\\ud800Api","ConnectionEvent":0,"Hostname":"h\\udfff"}'),
+        ("SettingValueChanged", b'{"ClientName":"Orders\\ud800Api","UpdatedSettings":["T\\udc00"]}'),
+    ]:
+        event = parse_event_body(route, body)
+        assert event.client_name == "Orders\ufffdApi"
+        out = event.to_json()
+        assert "\ufffd".encode() in out and b"\\u" not in out
+        assert parse_event_body(route, out) == event
+
+
+def test_lone_surrogates_are_replaced_in_keys_extras_and_nested_values() -> None:
+    data = fixture("HealthStatusChanged.json")
+    data["HealthDetails"]["Components"][0]["Message"] = "cpu \ud83d"
+    data["Extra\udc00"] = {"k\ud800": ["a\udbff", {"deep": "\ud800\udc00 pair, then \udc00"}]}
+    body = json.dumps(data).encode()  # ensure_ascii: surrogates travel as \uXXXX escapes
+    event = parse_event_body("HealthStatusChanged", body)
+    assert event.health_details.components[0].message == "cpu \ufffd"
+    assert event.extra == (("Extra\ufffd", {"k\ufffd": ["a\ufffd", {"deep": "\U00010000 pair, then \ufffd"}]}),)
+    event.to_json().decode("utf-8")  # strict: no surrogate left anywhere
+
+
+def test_a_valid_surrogate_pair_is_kept() -> None:
+    event = parse_event_body("SettingValueChanged", b'{"ClientName":"A\\ud83d\\ude00","UpdatedSettings":[]}')
+    assert event.client_name == "A\U0001f600"
+
+
+# --- JSON that cannot be relayed as JSON ----------------------------------------------------------
+
+
+def _with_extra(raw: bytes) -> bytes:
+    return fixture_bytes("SettingValueChanged.json")[:-1] + b',"Extra":' + raw + b"}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "words"),
+    [
+        (b"NaN", "Extra", "NaN is not valid JSON"),
+        (b"Infinity", "Extra", "Infinity is not valid JSON"),
+        (b"-Infinity", "Extra", "-Infinity is not valid JSON"),
+        (b"1e999", "Extra", "too large to relay"),
+        (b"-1.5e400", "Extra", "too large to relay"),
+        (b'{"a":[1,2,NaN]}', "Extra.a[2]", "NaN is not valid JSON"),
+        (b"1" * 4301, "Extra", "an integer of 4301 digits"),
+        (b"-" + b"9" * 5000, "Extra", "an integer of 5000 digits"),
+        (b'[{"x":' + b"7" * 10000 + b"}]", "Extra[0].x", "send it as a string"),
+    ],
+)
+def test_values_that_are_not_json_numbers_are_refused_with_their_path(raw: bytes, field: str, words: str) -> None:
+    with pytest.raises(EventError) as refused:
+        parse_event_body("SettingValueChanged", _with_extra(raw))
+    assert refused.value.field == field
+    assert words in refused.value.message
+
+
+def test_numbers_that_fit_are_relayed_as_they_parse() -> None:
+    event = parse_event_body("SettingValueChanged", _with_extra(b'[1e308, -0.5, ' + b"1" * 4300 + b"]"))
+    out = json.loads(event.to_json(), parse_constant=_no_constants)
+    assert out["Extra"][:2] == [1e308, -0.5] and out["Extra"][2] == int("1" * 4300)
+
+
+def _no_constants(token: str) -> None:
+    raise AssertionError(f"{token} in relayed JSON")
+
+
+def test_a_refused_value_hidden_by_a_duplicate_key_is_still_refused() -> None:
+    with pytest.raises(EventError, match="NaN is not valid JSON"):
+        parse_event_body("SettingValueChanged", _with_extra(b'{"a":NaN,"a":1}'))
+
+
+def test_a_huge_integer_in_a_known_field_or_an_enum_string_is_a_400_not_a_crash() -> None:
+    with pytest.raises(EventError) as refused:
+        parse_event_body("MinRunSessions", b'{"ClientName":"A","RunSessions":' + b"1" * 5000 + b',"RunSessionsEvent":0}')
+    assert refused.value.field == "RunSessions"
+    with pytest.raises(EventError) as refused:
+        parse_event_body("ClientStatusChanged", b'{"ClientName":"A","ConnectionEvent":"' + b"1" * 5000 + b'"}')
+    assert refused.value.field == "ConnectionEvent" and len(refused.value.message) < 200
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 999, 1000, 5000, 100_000])
+def test_nesting_deeper_than_the_limit_is_refused(depth: int) -> None:
+    inner = depth - 1  # the body's own object is the first level
+    for open_, close in ((b"[", b"]"), (b'{"a":', b"}")):
+        body = b'{"ClientName":"A","UpdatedSettings":[],"X":' + open_ * inner + b"1" + close * inner + b"}"
+        with pytest.raises(EventError) as refused:
+            parse_event_body("SettingValueChanged", body)
+        assert f"nested more than {MAX_DEPTH} levels" in refused.value.message
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    inner = MAX_DEPTH - 1
+    body = b'{"ClientName":"A","UpdatedSettings":[],"X":' + b"[" * inner + b"1" + b"]" * inner + b',"Y":"' + b"[" * 500 + b'"}'
+    event = parse_event_body("SettingValueChanged", body)
+    assert event.to_json().count(b"[") == inner + 1 + 500
 
 
 # --- FigDateTime ----------------------------------------------------------------------------------

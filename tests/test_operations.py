@@ -263,6 +263,20 @@ def test_matches_command(tmp_path):
     assert "would send Timeout, HttpTimeout" in result.stdout and result.returncode == 0
 
 
+
+def test_matches_command_keeps_the_regex_time_limit(tmp_path):
+    config = write_config(tmp_path / "figrelay.yaml", """
+        listen: 127.0.0.1:0
+        clients:
+          - {name: a, type: log}
+        hooks:
+          - {event: ClientStatusChanged, client: a, client_regex: ^(a|aa)+$}
+          - {event: ClientStatusChanged, client: a, client_regex: ^a}
+    """)
+    result = figrelay("matches", "--client-name", "a" * 60 + "!", "--config", str(config))
+    assert "/^(a|aa)+$/ took longer than 5ms (intake.regex_timeout): the daemon would keep this event as a dead letter" in result.stdout
+    assert "1 of 2 hooks would fire" in result.stdout
+
 async def test_deliveries_list_retry_and_purge_against_a_running_daemon(daemon_factory, receiver):
     answers = {"status": 400}
     receiver.responder = lambda r: web.Response(status=answers["status"], text="rejected")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
+import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -10,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from figrelay.outbox import NewDelivery, Outbox, OutboxError, SessionWrite, StoredDelivery
+from figrelay.outbox import (
+    JOURNAL_SIZE_LIMIT,
+    WAL_AUTOCHECKPOINT_PAGES,
+    NewDelivery,
+    Outbox,
+    OutboxError,
+    SessionWrite,
+    StoredDelivery,
+    StoreLostError,
+    UnstorableError,
+)
 
 
 def new(i: int | str, client: str = "siem", *, created_at: float = 1000.0, route: str = "SecurityEvent", hook: int | None = 0) -> NewDelivery:
@@ -345,3 +359,273 @@ async def test_unopenable_database_is_an_outbox_error(tmp_path: Path) -> None:
             await box.open()
     finally:
         await box.close()
+
+
+# --- one write's failure is its own ------------------------------------------------------------
+
+
+def meta_keys(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return {r[0] for r in conn.execute("SELECT key FROM meta")}
+
+
+async def test_any_exception_in_a_write_fails_that_write_alone(outbox: Outbox) -> None:
+    def half_done_then_raises(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO meta VALUES ('half-done', 'x')")
+        raise ValueError("a bug in one write")
+
+    def unencodable(conn: sqlite3.Connection) -> None:  # binding a lone surrogate raises UnicodeEncodeError
+        conn.execute("INSERT INTO meta VALUES (?, ?)", ("k", "\ud800"))
+
+    before = outbox.commits
+    results = await asyncio.gather(
+        *(outbox.accept([new(i)]) for i in range(10)),
+        outbox._write(half_done_then_raises),
+        outbox._write(unencodable),
+        *(outbox.accept([new(i)]) for i in range(10, 20)),
+        return_exceptions=True,
+    )
+    assert results[:10] + results[12:] == [None] * 20
+    assert isinstance(results[10], UnstorableError) and "a bug in one write" in str(results[10])
+    assert isinstance(results[11], UnstorableError) and "surrogates not allowed" in str(results[11])
+    assert outbox.commits == before + 1, "the 22 writes shared one transaction"
+    assert len(await outbox.pending_schedule()) == 20
+    assert "half-done" not in meta_keys(outbox.path)  # the failed write's own changes were undone
+    assert outbox.health.writable
+
+
+async def test_a_failing_single_write_is_undone_and_refused(outbox: Outbox) -> None:
+    def half_done_then_raises(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO meta VALUES ('half-done', 'x')")
+        raise KeyError("nope")
+
+    with pytest.raises(UnstorableError, match="nope"):
+        await outbox._write(half_done_then_raises)
+    assert "half-done" not in meta_keys(outbox.path)
+    await outbox.accept([new(1)])
+    assert "d1" in await outbox.fetch(["d1"])
+
+
+async def test_a_value_sqlite_cannot_store_is_refused_before_the_shared_transaction(outbox: Outbox) -> None:
+    # Built directly: the event parser may replace lone surrogates, but the outbox must not
+    # depend on that.
+    before = outbox.commits
+    results = await asyncio.gather(
+        *(outbox.accept([new(i)], [SessionWrite("OrdersApi", f"k{i}", True)]) for i in range(5)),
+        outbox.accept([new(90)], [SessionWrite("\ud800", "k", True)]),
+        outbox.accept([NewDelivery("d91", "si\udcffem", "SecurityEvent", b"{}", 0, 1000.0)]),
+        outbox.accept([new(92, hook=1 << 70)]),
+        outbox.accept([new(93, created_at=float("nan"))]),
+        *(outbox.accept([new(i)], [SessionWrite("OrdersApi", f"k{i}", True)]) for i in range(5, 10)),
+        return_exceptions=True,
+    )
+    assert results[:5] + results[9:] == [None] * 10
+    refused = results[5:9]
+    assert all(isinstance(r, UnstorableError) for r in refused), refused
+    assert "SessionWrite" in str(refused[0]) and "its client holds '\\ud800' at position 0" in str(refused[0])
+    assert "NewDelivery" in str(refused[1]) and "its client" in str(refused[1])
+    assert "its hook" in str(refused[2]) and "its created_at is NaN" in str(refused[3])
+    assert outbox.commits == before + 1
+    assert sorted(await outbox.fetch([f"d{i}" for i in (*range(10), 90, 91, 92, 93)])) == sorted(f"d{i}" for i in range(10))
+    assert len(await outbox.sessions()) == 10
+    assert outbox.health.writable
+
+
+async def test_error_texts_with_a_lone_surrogate_are_stored_with_a_replacement(outbox: Outbox) -> None:
+    await outbox.accept([new(1), new(2)])
+    await outbox.retry_later("d1", 1, 2000.0, "HTTP 500: \udcff")
+    await outbox.dead("d2", 1, "HTTP 400: \ud800")
+    rows = await outbox.fetch(["d1", "d2"])
+    assert rows["d1"].last_error == "HTTP 500: \ufffd" and rows["d2"].last_error == "HTTP 400: \ufffd"
+
+
+async def test_a_group_whose_commit_fails_is_retried_write_by_write(outbox: Outbox) -> None:
+    # A deferred foreign key is checked only at COMMIT: one write that breaks it fails the
+    # shared transaction as a whole, the way a full disk or an I/O error does.
+    def deferred_key() -> None:
+        assert outbox._conn is not None
+        outbox._conn.execute("PRAGMA foreign_keys=ON")
+        outbox._conn.executescript(
+            "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+            "CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);"
+        )
+
+    await outbox._run(deferred_key)
+    before = outbox.commits
+    results = await asyncio.gather(
+        *(outbox.accept([new(i)]) for i in range(5)),
+        outbox._write(lambda conn: conn.execute("INSERT INTO child VALUES (42)")),
+        *(outbox.accept([new(i)]) for i in range(5, 10)),
+        return_exceptions=True,
+    )
+    assert results[:5] + results[6:] == [None] * 10
+    assert isinstance(results[5], UnstorableError) and "FOREIGN KEY" in str(results[5])
+    assert outbox.commits == before + 10, "after the shared COMMIT failed, each write went alone"
+    assert len(await outbox.pending_schedule()) == 10
+    assert outbox.health.writable, "a write's own constraint says nothing about the storage"
+
+
+async def test_a_write_the_storage_refused_is_tried_again(outbox: Outbox) -> None:
+    calls = 0
+
+    def flaky(conn: sqlite3.Connection) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        conn.execute("INSERT INTO meta VALUES ('flaky', 'ok')")
+        return "stored"
+
+    results = await asyncio.gather(outbox.accept([new(1)]), outbox._write(flaky), outbox.accept([new(2)]))
+    assert results == [None, "stored", None]
+    assert calls == 2
+    assert sorted(await outbox.fetch(["d1", "d2"])) == ["d1", "d2"]
+    assert outbox.health.writable
+
+
+async def test_a_storage_failure_makes_the_outbox_unwritable_until_a_write_succeeds(outbox: Outbox) -> None:
+    def full(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    assert outbox.health.writable
+    with pytest.raises(OutboxError, match="database or disk is full") as caught:
+        await outbox._write(full)
+    assert not isinstance(caught.value, UnstorableError)
+    health = outbox.health
+    assert not health.writable and "database or disk is full" in (health.error or "")
+    assert health.since <= time.time()
+    # the probe finds the outbox writable again by itself (this disk has room)
+    deadline = time.monotonic() + 10
+    while not outbox.health.writable:
+        assert time.monotonic() < deadline, "the probe did not find the outbox writable again"
+        await asyncio.sleep(0.01)
+    assert "heartbeat" in meta_keys(outbox.path)
+
+
+async def test_the_wal_is_kept_small(outbox: Outbox) -> None:
+    def pragmas() -> tuple[int, int]:
+        assert outbox._conn is not None
+        return (
+            outbox._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+            outbox._conn.execute("PRAGMA journal_size_limit").fetchone()[0],
+        )
+
+    assert await outbox._run(pragmas) == (WAL_AUTOCHECKPOINT_PAGES, JOURNAL_SIZE_LIMIT)
+    blob = b"x" * 3000
+    for start in range(0, 2000, 100):
+        await outbox.accept([NewDelivery(f"big{i}", "siem", "SecurityEvent", blob, 0, 1.0) for i in range(start, start + 100)])
+        await asyncio.gather(*(outbox.delivered(f"big{i}") for i in range(start, start + 100)))
+    wal = outbox.path.with_name(outbox.path.name + "-wal")
+    # 6 MB went through; without checkpoints every 256 pages and the size limit the WAL holds it
+    assert wal.stat().st_size <= JOURNAL_SIZE_LIMIT + 200 * 4096
+
+
+# --- the store marker --------------------------------------------------------------------------
+
+
+def marker_of(box: Outbox) -> dict:
+    return json.loads(box.marker_path.read_text())
+
+
+def stored_id(path: Path) -> str | None:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+    return row[0] if row else None
+
+
+async def test_a_new_store_gets_a_marker_with_its_id(outbox: Outbox, db_path: Path) -> None:
+    assert outbox.marker_path == db_path.parent / "outbox.marker"
+    marker = marker_of(outbox)
+    assert marker["store_id"] == outbox.store_id == stored_id(db_path)
+    assert len(marker["store_id"]) == 32 and marker["database"] == db_path.name and marker["created_at"].endswith("Z")
+    again = await reopen(outbox)
+    try:
+        assert again.store_id == marker["store_id"] and marker_of(again) == marker
+    finally:
+        await again.close()
+
+
+def remove_store(db_path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "another store", "not figrelay's"])
+async def test_a_lost_store_is_refused_loudly_and_accepted_when_asked(db_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    box = Outbox(db_path)
+    await box.open()
+    await box.accept([new(i) for i in range(20)])
+    await box.close()
+    old_id = marker_of(box)["store_id"]
+    remove_store(db_path)
+    if damage == "empty":
+        db_path.write_bytes(b"")
+    elif damage == "another store":
+        other = Outbox(db_path.parent / "elsewhere" / db_path.name)
+        await other.open()
+        await other.close()
+        shutil.copyfile(other.path, db_path)
+    elif damage == "not figrelay's":
+        with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+            conn.execute("CREATE TABLE notes (text TEXT)")
+
+    box = Outbox(db_path)
+    with pytest.raises(StoreLostError) as caught:
+        await box.open()
+    await box.close()
+    message = str(caught.value)
+    found = {"missing": "is missing", "empty": "is empty (0 bytes)", "another store": "is another store", "not figrelay's": "has no figrelay tables"}
+    assert f"the outbox {db_path} {found[damage]}" in message
+    assert str(box.marker_path) in message and old_id in message
+    assert "pending" in message and "figrelay run --accept-empty-state" in message
+    assert marker_of(box)["store_id"] == old_id, "a refused start leaves the marker alone"
+
+    box = Outbox(db_path)
+    with caplog.at_level(logging.WARNING, logger="figrelay.outbox"):
+        await box.open(accept_empty=True)
+    try:
+        assert await box.pending_schedule() == []
+        assert box.store_id != old_id and marker_of(box)["store_id"] == box.store_id == stored_id(db_path)
+        assert "--accept-empty-state" in caplog.text and found[damage] in caplog.text
+    finally:
+        await box.close()
+    again = Outbox(db_path)  # from now on an ordinary store
+    await again.open()
+    await again.close()
+
+
+async def test_a_store_without_a_marker_is_adopted(db_path: Path) -> None:
+    box = Outbox(db_path)
+    await box.open()
+    await box.accept([new(1)])
+    await box.close()
+    first = marker_of(box)
+    store = first["store_id"]
+    box.marker_path.unlink()  # a marker lost on its own: the store keeps its id and creation time
+    box = Outbox(db_path)
+    await box.open()
+    await box.close()
+    assert marker_of(box) == first
+    box.marker_path.unlink()  # a store written before figrelay kept markers: it gets an id
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("DELETE FROM meta WHERE key = 'store_id'")
+    box = Outbox(db_path)
+    await box.open()
+    try:
+        assert "d1" in await box.fetch(["d1"])
+        assert box.store_id not in (None, store) and marker_of(box)["store_id"] == box.store_id == stored_id(db_path)
+    finally:
+        await box.close()
+
+
+async def test_an_unreadable_marker_still_shows_a_store_existed(db_path: Path) -> None:
+    box = Outbox(db_path)
+    await box.open()
+    await box.close()
+    box.marker_path.write_text("")  # the same accident that emptied the database
+    remove_store(db_path)
+    box = Outbox(db_path)
+    with pytest.raises(StoreLostError, match="is missing"):
+        await box.open()
+    await box.close()
+

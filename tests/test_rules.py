@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import regex
 
 from figrelay.config import HookConfig, parse_config
 from figrelay.events import FigEvent, SettingValueChanged, parse_event
+from figrelay.hookregex import compile_hook_regex, is_linear, time_limited
 from figrelay.plugins import PluginRegistry, load_plugins
-from figrelay.rules import Match, Rules
+from figrelay.rules import Match, RegexTimeout, Rules
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fig"
 
@@ -322,3 +326,148 @@ def test_scenario_9_orders_not_payments(rules_for: Any) -> None:
         "  - event: ClientStatusChanged\n    client: b\n    client_regex: ^Payments\n"
     )
     assert clients_of(rules.match(status("OrdersApi"))) == ["a"]
+
+
+# --- regexes that backtrack: a time budget for each hook and event ---------------------------------
+
+HANG = 60
+"""Only a hang guard: without the time limit these searches run for hours, with it for 5 ms."""
+
+
+def finishes(fn: Callable[[], Any]) -> Any:
+    """``fn()``, run in a thread so that a search that never ends fails the test instead of
+    hanging the run."""
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    thread.join(HANG)
+    assert not thread.is_alive(), f"still matching after {HANG}s"
+    assert out, "the match raised (see the thread's traceback above)"
+    return out[0]
+
+
+def test_a_client_regex_that_backtracks_runs_out_of_time_with_the_whole_event(rules_for: Any) -> None:
+    rules = rules_for("  - event: ClientStatusChanged\n    client: a\n    client_regex: '^(a|aa)+$'\n")
+    hostile = status("a" * 40 + "!")
+    [match] = finishes(lambda: rules.match(hostile))
+    assert match.timed_out == RegexTimeout("client_regex", "^(a|aa)+$", 0.005)
+    assert match.event is hostile and match.hook.client == "a"
+    # the same hook on ordinary names: matched or not, as always
+    assert [m.timed_out for m in rules.match(status("aaaa"))] == [None]
+    assert rules.match(status("OrdersApi")) == []
+
+
+def test_the_reported_pattern_is_answered_by_the_engine_itself(rules_for: Any) -> None:
+    # '^(a+)+$' took 36 s in Python's re on this name; regex answers it at once, without a timeout
+    rules = rules_for("  - event: ClientStatusChanged\n    client: a\n    client_regex: '^(a+)+$'\n")
+    assert finishes(lambda: rules.match(status("a" * 30 + "!"))) == []
+    assert [m.timed_out for m in rules.match(status("aaaa"))] == [None]
+
+
+def test_a_setting_regex_that_backtracks_keeps_the_event_whole(rules_for: Any) -> None:
+    rules = rules_for(
+        "  - event: SettingValueChanged\n    client: a\n    setting_regex: '(x+x+)+y'\n"
+        "  - event: SettingValueChanged\n    client: b\n    setting_regex: Timeout\n"
+    )
+    hostile = event("SettingValueChanged", UpdatedSettings=["Timeout", "x" * 3000])
+    first, second = finishes(lambda: rules.match(hostile))
+    assert first.timed_out is not None and (first.timed_out.key, first.timed_out.pattern) == ("setting_regex", "(x+x+)+y")
+    assert first.event is hostile, "not narrowed: whether the names match is unknown"
+    # the other hook is matched as usual, with its own budget
+    assert second.timed_out is None and second.event.updated_settings == ("Timeout",)  # type: ignore[attr-defined]
+
+
+def test_the_budget_covers_the_client_name_and_every_setting_name_together() -> None:
+    # a clock that moves 2 ms at each reading: the first search starts the budget, each later one
+    # reads what is left, so 5 ms last for three searches and the fourth is refused
+    readings = itertools.count()
+    rules = Rules(
+        [hook("SettingValueChanged", client_regex="^(Orders|Payments)", setting_regex="^(Time|Retry)")],
+        regex_budget=0.005, clock=lambda: next(readings) * 0.002,
+    )
+    [match] = rules.match(event("SettingValueChanged", UpdatedSettings=["Timeout", "RetryCount"]))
+    assert match.timed_out is None and match.event.updated_settings == ("Timeout", "RetryCount")  # type: ignore[attr-defined]
+    [match] = rules.match(event("SettingValueChanged", UpdatedSettings=["Timeout", "RetryCount", "TimeoutMs"]))
+    assert match.timed_out == RegexTimeout("setting_regex", "^(Time|Retry)", 0.005)
+    # each event, and each hook, starts with a full budget
+    [match] = rules.match(event("SettingValueChanged", UpdatedSettings=["Timeout"]))
+    assert match.timed_out is None
+
+
+def test_patterns_that_cannot_backtrack_are_searched_without_the_clock() -> None:
+    def no_clock() -> float:
+        raise AssertionError("a linear pattern read the clock")
+
+    rules = Rules(
+        [hook("SettingValueChanged", client_regex=".*", setting_regex="Timeout$"), hook("SettingValueChanged", "b", client_regex="^Orders", index=1)],
+        regex_budget=0.005, clock=no_clock,
+    )
+    a, b = rules.match(event("SettingValueChanged", UpdatedSettings=["ReadTimeout", "Pool"]))
+    assert a.event.updated_settings == ("ReadTimeout",) and b.hook.client == "b"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("regex_text", "client", "matches"),
+    [
+        ("^(?!Test)", "OrdersApi", True),  # lookahead: every client but the test ones
+        ("^(?!Test)", "TestApi", False),
+        ("(?<=Orders)Api$", "OrdersApi", True),  # lookbehind
+        ("(?<=Orders)Api$", "PaymentsApi", False),
+        (r"^(\w)\1", "ooze", True),  # backreference
+        (r"^(\w)\1", "OrdersApi", False),
+        (r"^\p{Lu}", "OrdersApi", True),  # Unicode category, as in .NET
+        (r"^\p{Lu}", "ordersApi", False),
+        ("^Orders(Api|Service)$", "OrdersService", True),
+        ("(?i)^ORDERS", "OrdersApi", True),
+    ],
+)
+def test_what_a_backtracking_engine_offers_keeps_working(rules_for: Any, regex_text: str, client: str, matches: bool) -> None:
+    rules = rules_for(f"  - event: ClientStatusChanged\n    client: a\n    client_regex: '{regex_text}'\n")
+    result = rules.match(status(client))
+    assert [m.timed_out for m in result] == ([None] if matches else [])
+
+
+def test_threshold_hooks_report_a_regex_that_ran_out_of_time(rules_for: Any) -> None:
+    rules = rules_for(
+        "  - event: MinRunSessions\n    client: a\n    client_regex: '^(a|aa)+$'\n    min_sessions: 2\n"
+        "  - event: MinRunSessions\n    client: b\n    min_sessions: 2\n"
+    )
+    name = "a" * 40 + "!"
+    (first, timed_out), (second, none) = finishes(lambda: rules.threshold_matches(name))
+    assert (first.client, second.client, none) == ("a", "b", None)
+    assert timed_out == RegexTimeout("client_regex", "^(a|aa)+$", 0.005)
+    assert [h.client for h in finishes(lambda: rules.thresholds_for(name))] == ["b"]
+    assert [h.client for h in rules.thresholds_for("aaaa")] == ["a", "b"]
+
+
+def test_a_timeout_reason_says_what_happened_and_what_to_do() -> None:
+    reason = RegexTimeout("setting_regex", r"(\w+\s?)*$", 0.0025).reason("6f0c")
+    assert reason == (
+        r"setting_regex '(\w+\s?)*$' took longer than 2.5ms on this event; matching was abandoned. "
+        "Send it anyway with `figrelay deliveries retry 6f0c` or drop it with `figrelay deliveries purge 6f0c`"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "linear"),
+    [
+        (".*", True), ("^Orders", True), ("Timeout$", True), ("^OrdersApi$", True), (r"Orders\.Api", True), ("Zähler", True), ("", True),
+        ("^.*", False), (".*Timeout", False), ("^(a+)+$", False), ("a|b", False), ("r.e", False), (r"\d", False), ("a+", False),
+        ("(?i)orders", False), ("[ab]", False), ("a{2}", False), (r"^Orders\b", False),
+    ],
+)
+def test_only_literals_and_dot_star_count_as_linear(pattern: str, linear: bool) -> None:
+    assert is_linear(pattern) is linear
+    compiled = compile_hook_regex(pattern)
+    assert isinstance(compiled, re.Pattern if linear else regex.Pattern)
+    assert (time_limited(compiled) is None) is linear
+
+
+def test_a_hand_built_re_pattern_that_could_backtrack_is_time_limited_with_its_flags() -> None:
+    limited = time_limited(re.compile("^orders(api)?$", re.IGNORECASE))
+    assert isinstance(limited, regex.Pattern) and limited.search("OrdersApi") is not None
+    ascii_only = time_limited(re.compile(r"^\w+$", re.ASCII))
+    assert ascii_only is not None and ascii_only.search("Zähler") is None
+    # and it goes through Rules like a loaded one
+    [match] = finishes(lambda: Rules([hook("ClientStatusChanged", client_regex="^(a|aa)+$")]).match(status("a" * 40 + "!")))
+    assert match.timed_out is not None

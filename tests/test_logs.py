@@ -1,0 +1,318 @@
+"""figrelay's log: control characters from event data are escaped (no forged lines, no terminal
+escapes) in the text and JSON formats, repeated warnings are bounded, secrets are redacted; and
+the real daemon logs a malformed request or a client that leaves mid-body as one WARNING line."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from conftest import event, wait_until
+from figrelay.logs import EscapeControls, JsonLines, RepeatLimiter, escape_controls, make_handler, redactor
+from figrelay.server import IntakeRunner
+from test_e2e import daemon_config
+
+# --- escaping -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "escaped"),
+    [
+        ("a\nb", "a\\nb"),
+        ("a\r\nb", "a\\r\\nb"),
+        ("tab\there", "tab\\there"),
+        ("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m"),
+        ("nul\x00 bell\x07 del\x7f", "nul\\x00 bell\\x07 del\\x7f"),
+        ("c1 \x85 \x9b", "c1 \\x85 \\x9b"),
+        ("ls\u2028ps\u2029", "ls\\u2028ps\\u2029"),
+        ("bidi \u202eevil\u2066", "bidi \\u202eevil\\u2066"),
+        ("plain ü € 😀 \\n", "plain ü € 😀 \\n"),
+    ],
+)
+def test_escape_controls(raw: str, escaped: str) -> None:
+    assert escape_controls(raw) == escaped
+
+
+def test_escape_controls_can_keep_newlines() -> None:
+    assert escape_controls("line1\nline2\x1b\r", keep_newlines=True) == "line1\nline2\\x1b\\r"
+
+
+def record(msg: Any, *args: Any, level: int = logging.INFO, name: str = "figrelay.intake", exc_info: Any = None) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, args or None, exc_info)
+
+
+def escaped(rec: logging.LogRecord) -> str:
+    assert EscapeControls().filter(rec)
+    return rec.getMessage()
+
+
+def test_arguments_are_escaped_and_the_template_keeps_its_lines() -> None:
+    assert escaped(record("accepted %s for %s", "ClientStatusChanged", "Orders\n2025-01-01 ERROR forged\x1b[2J")) == (
+        "accepted ClientStatusChanged for Orders\\n2025-01-01 ERROR forged\\x1b[2J"
+    )
+    assert escaped(record("Problems:\n  %s\n  %s", "a\nb", "c")) == "Problems:\n  a\\nb\n  c"
+
+
+def test_numbers_repr_mappings_and_objects_still_format() -> None:
+    assert escaped(record("%d items, %.1fs, %-6s|", 3, 1.25, "x\ty")) == "3 items, 1.2s, x\\ty  |"
+    assert escaped(record("%r", "a\nb")) == repr("a\nb")
+    assert escaped(record("%(who)s said %(what)s", {"who": "me\n", "what": 2})) == "me\\n said 2"
+    assert escaped(record("failed: %s", ValueError("bad\nvalue"))) == "failed: bad\\nvalue"
+    assert escaped(record(ValueError("msg object\x1b"))) == "msg object\\x1b"
+    assert escaped(record("none %s %s", None, True)) == "none None True"
+
+
+def test_exception_text_is_escaped_but_keeps_its_lines() -> None:
+    try:
+        raise ValueError("boom\x1b[31m")
+    except ValueError:
+        rec = record("failed", exc_info=sys.exc_info())
+    EscapeControls().filter(rec)
+    assert rec.exc_text is not None and "\x1b" not in rec.exc_text
+    assert "ValueError: boom\\x1b[31m" in rec.exc_text and rec.exc_text.count("\n") >= 2
+
+
+@pytest.fixture
+def secrets() -> Iterator[None]:
+    redactor.update(["hunter2-secret"])
+    yield
+    redactor.update([])
+
+
+def emit(handler: logging.Handler, *records: logging.LogRecord) -> None:
+    for rec in records:
+        handler.handle(rec)
+
+
+@pytest.mark.usefixtures("secrets")
+def test_text_handler_escapes_and_redacts() -> None:
+    out = io.StringIO()
+    handler = make_handler("text", out)
+    emit(
+        handler,
+        record("accepted %s for %s", "SettingValueChanged", "Orders\nFORGED LINE \x1b[31m"),
+        record("delivery %s failed: %s", "d1", "HTTP 401: token hunter2-secret\r\n"),
+        record("reload (%s) rejected. Problems:" + "\n  %s" * 2, "SIGHUP", "a.yaml:1: x", "a.yaml:2: y", level=logging.ERROR),
+    )
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5  # three records; the reload error keeps its intended three lines
+    assert lines[0].endswith("accepted SettingValueChanged for Orders\\nFORGED LINE \\x1b[31m")
+    assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
+    assert lines[1].endswith("delivery d1 failed: HTTP 401: token ***\\r\\n")
+    assert lines[3:] == ["  a.yaml:1: x", "  a.yaml:2: y"]
+
+
+@pytest.mark.usefixtures("secrets")
+def test_json_handler_escapes_and_redacts() -> None:
+    out = io.StringIO()
+    handler = make_handler("json", out)
+    emit(handler, record("accepted %s for %s", "X", "a\u2028b\x85c\nd\x1b hunter2-secret"))
+    text = out.getvalue()
+    assert text.count("\n") == 1 and "\u2028" not in text and "\x85" not in text and "\x1b" not in text
+    entry = json.loads(text)
+    assert entry["message"] == "accepted X for a\\u2028b\\x85c\\nd\\x1b ***"
+
+
+def test_json_lines_writes_raw_separators_as_escapes_even_without_filters() -> None:
+    line = JsonLines().format(record("%s", "x\u2028y\x9b\u202e"))
+    assert "\u2028" not in line and "\x9b" not in line and "\u202e" not in line
+    assert json.loads(line)["message"] == "x\u2028y\x9b\u202e"
+
+
+# --- bounded repeats ------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def passes(limiter: RepeatLimiter, rec: logging.LogRecord) -> bool:
+    return limiter.filter(rec)
+
+
+def test_a_repeated_warning_is_written_a_few_times_per_window_then_counted() -> None:
+    clock = Clock()
+    limiter = RepeatLimiter(window=10, burst=2, clock=clock)
+    results = [passes(limiter, record("bad request from %s", f"10.0.0.{i}", level=logging.WARNING)) for i in range(50)]
+    assert results == [True, True] + [False] * 48
+    clock.now += 9.9
+    assert not passes(limiter, record("bad request from %s", "10.0.0.99", level=logging.WARNING))
+    clock.now += 0.1
+    later = record("bad request from %s", "10.0.1.1", level=logging.WARNING)
+    assert passes(limiter, later)
+    assert later.getMessage() == "bad request from 10.0.1.1 [49 similar lines held back before this one]"
+    again = record("bad request from %s", "10.0.1.2", level=logging.WARNING)
+    assert passes(limiter, again) and again.getMessage() == "bad request from 10.0.1.2"
+
+
+def test_kinds_are_counted_apart_and_info_always_passes() -> None:
+    limiter = RepeatLimiter(window=10, burst=1, clock=Clock())
+    assert passes(limiter, record("a %s", 1, level=logging.WARNING))
+    assert passes(limiter, record("b %s", 1, level=logging.WARNING))
+    assert passes(limiter, record("a %s", 1, level=logging.ERROR))
+    assert passes(limiter, record("a %s", 1, level=logging.WARNING, name="figrelay.other"))
+    assert not passes(limiter, record("a %s", 2, level=logging.WARNING))
+    assert all(passes(limiter, record("delivery %s delivered", i)) for i in range(1000))
+    assert all(passes(limiter, record("debug %s", i, level=logging.DEBUG)) for i in range(1000))
+
+
+def test_asyncio_errors_with_changing_details_are_one_kind() -> None:
+    # asyncio's default exception handler builds the whole text as the message: only its first
+    # line (the context's message) stays the same from one failure to the next
+    clock = Clock()
+    limiter = RepeatLimiter(window=10, burst=1, clock=clock)
+    storm = [
+        record(f"socket.accept() out of system resource\nsocket: <TransportSocket fd={i}>\nOSError: [Errno 24] Too many open files", level=logging.ERROR, name="asyncio")
+        for i in range(1000)
+    ]
+    assert sum(passes(limiter, r) for r in storm) == 1
+    clock.now += 10
+    last = record("socket.accept() out of system resource\nsocket: <TransportSocket fd=7>", level=logging.ERROR, name="asyncio")
+    assert passes(limiter, last)
+    assert last.getMessage().endswith("[999 similar lines held back before this one]")
+
+
+def test_the_count_on_a_message_object_stays_escaped() -> None:
+    clock = Clock()
+    limiter = RepeatLimiter(window=10, burst=1, clock=clock)
+    assert passes(limiter, record(ValueError("x"), level=logging.ERROR))
+    assert not passes(limiter, record(ValueError("y"), level=logging.ERROR))
+    clock.now += 10
+    rec = record(ValueError("z\n"), level=logging.ERROR)
+    assert passes(limiter, rec)
+    assert escaped(rec) == "z\\n [1 similar line held back before this one]"
+
+
+def test_the_limiter_remembers_a_bounded_number_of_kinds() -> None:
+    limiter = RepeatLimiter(window=10, burst=1, clock=Clock())
+    for i in range(5000):
+        passes(limiter, record(f"unique {i}", level=logging.WARNING))
+    assert len(limiter._kinds) <= RepeatLimiter._MAX_KINDS
+
+
+def test_a_flood_through_the_handler_writes_a_bounded_number_of_lines() -> None:
+    out = io.StringIO()
+    handler = make_handler("text", out)
+    emit(handler, *(record("refused a request from %s: %s", "10.0.0.1", f"bad {i}", level=logging.WARNING, name="figrelay.server") for i in range(10_000)))
+    assert len(out.getvalue().splitlines()) <= 10
+
+
+# --- the real daemon ------------------------------------------------------------------------------
+
+SECRET = "log-test-secret-0123"
+AUTH = {"Authorization": f"Secret {SECRET}"}
+
+
+def log_config() -> str:
+    clients = "  - name: sink\n    type: log\n  - name: sink-json\n    type: log\n    format: json"
+    hooks = "  - {event: SettingValueChanged, client: sink}\n  - {event: SettingValueChanged, client: sink-json}"
+    return daemon_config(clients, hooks, f"  secret: {SECRET}")
+
+
+FORGED = "2030-01-01 00:00:00,000 ERROR   figrelay.intake: forged line"
+
+
+async def test_event_data_cannot_forge_log_lines_or_reach_the_terminal_raw(daemon_factory: Any) -> None:
+    d = await daemon_factory(log_config())
+    name = f"Orders\n{FORGED}\r\x1b[31mRED\x1b[0m\u2028"
+    status, payload = await d.post("SettingValueChanged", event("SettingValueChanged", ClientName=name, ChangeMessage="why\nnot"), AUTH)
+    assert status == 200, payload
+    await d.wait_for_log(r"\[sink\] SettingValueChanged")
+    await d.wait_for_log(r"\[sink-json\] ")
+    await wait_until(lambda: sum("delivered" in line for line in d.lines) >= 2, what="both deliveries logged")
+    forged_lines = [line for line in d.lines if "forged line" in line]
+    assert len(forged_lines) >= 3  # the intake's line and both log clients' lines
+    for line in forged_lines:
+        assert not line.startswith(FORGED), line
+        assert "Orders\\n2030-01-01" in line, line
+    assert "\x1b" not in d.log and "\r" not in d.log and "\u2028" not in d.log
+    assert "\\x1b[31mRED" in d.log
+
+
+async def test_malformed_request_and_mid_body_disconnect_are_one_warning_line_each(daemon_factory: Any) -> None:
+    d = await daemon_factory(log_config())
+    host, port = d.url.removeprefix("http://").split(":")
+
+    # not HTTP/1.1: aiohttp answers for the application; the answer is still JSON
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /SettingValueChanged HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert re.match(rb"HTTP/1\.[01] 400 ", head) and b"application/json" in head
+    assert json.loads(body)["error"] == "bad_request" and "Content-Length" in json.loads(body)["message"]
+
+    # a client that announces 100 bytes, sends 10 and leaves; "100 Continue" says its request
+    # has reached the application, so the disconnect happens while the body is being read
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /SettingValueChanged HTTP/1.1\r\nHost: x\r\nAuthorization: Secret " + SECRET.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 100")
+    writer.write(b'{"ClientNa')
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+    malformed = await d.wait_for_log(r"WARNING .*127\.0\.0\.1.*not valid HTTP")
+    left = await d.wait_for_log(r"WARNING .*127\.0\.0\.1.*closed the connection")
+    # a later request's lines come after anything the two could still have logged
+    status, _ = await d.post("SettingValueChanged", event("SettingValueChanged", ClientName="After"), AUTH)
+    assert status == 200
+    await d.wait_for_log(r"accepted SettingValueChanged for After")
+    assert sum(malformed.group(0) in line for line in d.lines) == 1
+    assert sum(re.search(r"WARNING .*closed the connection", line) is not None for line in d.lines) == 1
+    assert "Traceback" not in d.log and " ERROR " not in d.log
+    assert "10 of 100 bytes" in left.string or "closed the connection during its request" in left.string
+
+
+# --- aiohttp's own refusals, in process -----------------------------------------------------------
+
+
+async def test_intake_runner_answers_json_and_logs_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("a bug")
+
+    app = web.Application()
+    app.router.add_post("/broken", broken)
+    runner = IntakeRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def send(raw: bytes) -> tuple[bytes, dict[str, Any]]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        body = json.loads(await reader.readexactly(length))
+        writer.close()
+        return head, body
+
+    try:
+        with caplog.at_level(logging.DEBUG):
+            head, body = await send(b"GARBAGE / HTTP/1.1\r\n\r\n")
+            assert b" 400 " in head and body["error"] == "bad_request" and "Invalid method" in body["message"]
+            head, body = await send(b"POST /broken HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            assert b" 500 " in head and body["error"] == "internal_error"
+    finally:
+        await runner.cleanup()
+    server = [r for r in caplog.records if r.name in ("figrelay.server", "aiohttp.server")]
+    assert [(r.name, r.levelname) for r in server] == [("figrelay.server", "WARNING"), ("figrelay.server", "ERROR")]
+    assert server[0].exc_info is None and "not valid HTTP/1.1" in server[0].getMessage()
+    assert server[1].exc_info is not None  # a bug keeps its traceback

@@ -55,14 +55,14 @@ class Receiver:
 
 
 @asynccontextmanager
-async def http_receiver(host: str = "127.0.0.1") -> AsyncIterator[Receiver]:
-    """Run a Receiver on a free port for the duration of the block."""
+async def http_receiver(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Receiver]:
+    """Run a Receiver on ``port`` (a free one by default) for the duration of the block."""
     receiver = Receiver()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", receiver._handle)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
-    site = web.TCPSite(runner, host, 0)
+    site = web.TCPSite(runner, host, port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     receiver.url = f"http://{host}:{port}"

@@ -57,8 +57,8 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what:
 async def receiver_factory() -> AsyncIterator[Callable[[], Any]]:
     async with contextlib.AsyncExitStack() as stack:
 
-        async def make() -> Receiver:
-            return await stack.enter_async_context(http_receiver())
+        async def make(port: int = 0) -> Receiver:
+            return await stack.enter_async_context(http_receiver(port=port))
 
         yield make
 

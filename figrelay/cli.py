@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -15,6 +16,7 @@ from .config import Config, ConfigError, load_config
 from .events import ROUTES
 from .logs import redactor
 from .plugins import PluginRegistry, load_plugins
+from .wording import plural
 
 CONFIG_ENV = "FIGRELAY_CONFIG"
 
@@ -67,18 +69,76 @@ def cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         config = load_config(path, registry)
     except ConfigError as exc:
-        count = len(exc.problems)
-        print(f"{path}: {count} problem{'s' if count != 1 else ''}:\n{_problems(exc)}", file=sys.stderr)
+        print(f"{path}: {plural(len(exc.problems), 'problem')}:\n{_problems(exc)}", file=sys.stderr)
         return 1
+    for warning in state_dir_warnings(config.state_dir, path):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"OK {config.summary()}")
     return 0
 
 
-def _load(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Config, PluginRegistry] | None:
+# Where the unit (systemd/figrelay.service) reads its configuration, and the one folder its
+# ProtectSystem=strict leaves writable: StateDirectory=figrelay.
+UNIT_CONFIG_DIR = Path("/etc/figrelay")
+UNIT_STATE_DIR = Path("/var/lib/figrelay")
+
+
+def _user() -> str:
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def state_dir_warnings(state_dir: Path, config_path: Path) -> list[str]:
+    """Why figrelay could not create or write its outbox in ``state_dir``, if it could not.
+
+    Warnings, not problems: ``check`` often runs as another user than the daemon (root, while the
+    unit runs as a DynamicUser), and a relative ``./state`` on a developer's machine is fine.
+    """
+    fix = f"make it writable by the user figrelay runs as, or set state_dir to a folder it can write (under the unit: {UNIT_STATE_DIR})"
+    warnings: list[str] = []
+    if state_dir.exists():
+        if not state_dir.is_dir():
+            warnings.append(f"state_dir {state_dir} is not a directory, so figrelay cannot keep its outbox there; set state_dir to a folder")
+        elif not os.access(state_dir, os.W_OK | os.X_OK):
+            warnings.append(f"state_dir {state_dir} is not writable by {_user()}: figrelay could not write its outbox there; {fix}")
+        else:
+            for name in ("outbox.sqlite3", "outbox.marker"):
+                stored = state_dir / name
+                if stored.exists() and not os.access(stored, os.R_OK | os.W_OK):
+                    warnings.append(f"{stored} is not writable by {_user()}: figrelay would not start; {fix}")
+    else:
+        parent = state_dir.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            warnings.append(f"state_dir {state_dir} cannot be created: {parent} is not a directory; set state_dir to a folder figrelay can create")
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            warnings.append(f"state_dir {state_dir} does not exist and cannot be created: {parent} is not writable by {_user()}; {fix}")
+    # The unit's ProtectSystem=strict makes every folder but its StateDirectory read-only, so a
+    # state_dir that root can create from a shell (./state next to /etc/figrelay/config.yaml)
+    # still fails under systemd.
+    in_unit_layout = config_path.resolve().parent == UNIT_CONFIG_DIR
+    state = state_dir.resolve()
+    if in_unit_layout and state != UNIT_STATE_DIR and UNIT_STATE_DIR not in state.parents:
+        warnings.append(
+            f"state_dir {state_dir} is outside {UNIT_STATE_DIR}: under systemd/figrelay.service (ProtectSystem=strict) figrelay "
+            f"can write only its StateDirectory, {UNIT_STATE_DIR}; set state_dir: ${{STATE_DIRECTORY:-{UNIT_STATE_DIR}}}"
+        )
+    return warnings
+
+
+def _load(args: argparse.Namespace, parser: argparse.ArgumentParser, need_credentials: bool = True) -> tuple[Config, PluginRegistry] | None:
+    """The configuration; ``need_credentials=False`` for the commands that deliver nothing, so they
+    work from a shell without the service's credentials (see config.load_config)."""
     path = _need_config(args, parser)
     registry = load_plugins()
     try:
-        return load_config(path, registry), registry
+        return load_config(path, registry, need_credentials=need_credentials), registry
     except ConfigError as exc:
         print(f"{path}: the configuration is invalid:\n{_problems(exc)}", file=sys.stderr)
         return None
@@ -93,7 +153,7 @@ def cmd_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
     redactor.update(loaded[0].secrets)
     logging.getLogger().handlers[0].addFilter(redactor)
-    return asyncio.run(test_client(loaded[0], loaded[1], args.client))
+    return asyncio.run(test_client(loaded[0], loaded[1], args.client, samples=args.samples))
 
 
 def cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -101,7 +161,7 @@ def cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     config = None
     if args.url is None:
-        loaded = _load(args, parser)
+        loaded = _load(args, parser, need_credentials=False)
         if loaded is None:
             return 1
         config = loaded[0]
@@ -116,14 +176,14 @@ def cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def cmd_matches(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .commands import matches
 
-    loaded = _load(args, parser)
+    loaded = _load(args, parser, need_credentials=False)
     return 1 if loaded is None else matches(loaded[0], args.client_name, args.setting or [], args.event)
 
 
 def cmd_deliveries(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .commands import deliveries
 
-    loaded = _load(args, parser)
+    loaded = _load(args, parser, need_credentials=False)
     if loaded is None:
         return 1
     if args.action == "list" and args.ids:
@@ -172,7 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"figrelay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the daemon", description="Run the daemon until SIGTERM; SIGHUP reloads the configuration.")
+    run = sub.add_parser(
+        "run", help="run the daemon", description="Run the daemon until SIGTERM; SIGHUP reloads the configuration.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  figrelay run --config config.yaml\n"
+        "  figrelay run --config /etc/figrelay/config.yaml --log-format json   # as systemd/figrelay.service runs it\n"
+        "  FIGRELAY_CONFIG=config.yaml figrelay run --log-level debug",
+    )
     _config_arg(run)
     run.add_argument(
         "--log-level", default=os.environ.get("FIGRELAY_LOG_LEVEL"), choices=["debug", "info", "warning", "error"],
@@ -191,22 +257,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser(
         "check", help="validate a configuration file",
-        description="Validate a configuration, plugin options included. Exit 0 with a summary, or 1 listing every problem.",
+        description="Validate a configuration, plugin options included. Exit 0 with a summary, or 1 listing every problem. "
+        "Warns when figrelay could not write its state_dir.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  figrelay check --config config.yaml\n"
+        "  sudo figrelay check --config /etc/figrelay/config.yaml\n"
+        "  figrelay check --config config.yaml.new && mv config.yaml.new config.yaml   # before replacing a live file",
     )
     _config_arg(check)
     check.set_defaults(func=cmd_check)
 
-    plugins = sub.add_parser("plugins", help="list installed plugins and their client types")
+    plugins = sub.add_parser(
+        "plugins", help="list installed plugins and their client types",
+        description="List the installed plugins (the 'figrelay' entry-point group), their distributions and the client "
+        "types they provide. Exit 1 when a plugin failed to load.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  figrelay plugins\n  FIGRELAY_PLUGINS=http,slack figrelay plugins   # load only these plugins",
+    )
     plugins.set_defaults(func=cmd_plugins)
 
     test = sub.add_parser(
-        "test", help="send Fig's seven test events to one client",
-        description="Send the seven payloads of Fig's Test button (IsTest: true) to CLIENT through its plugin, "
-        "and print the result, status and time of each. Exit 0 when all were delivered.",
+        "test", help="send Fig's seven Test-button events to one client",
+        description="Send the seven payloads of Fig's Test button to CLIENT through its plugin, exactly as Fig sends them "
+        "(IsTest: true, ClientName \"Test\", the time of the test), so you see what Fig's button will produce through "
+        "figrelay; print the result and time of each. Exit 0 when all were delivered.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  figrelay test ops-slack --config /etc/figrelay/config.yaml",
+        epilog="examples:\n  figrelay test ops-slack --config /etc/figrelay/config.yaml\n"
+        "  figrelay test ops-slack --samples --config /etc/figrelay/config.yaml   # realistic events, to preview messages",
     )
     test.add_argument("client", metavar="CLIENT", help="a client name from the configuration")
+    test.add_argument(
+        "--samples", action="store_true",
+        help="send figrelay's realistic sample events of every type instead (OrdersApi, a failed login, a degraded "
+        "service ...), marked IsTest so targets show them as tests",
+    )
     _config_arg(test)
     test.set_defaults(func=cmd_test)
 
@@ -257,9 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return int(args.func(args, parser))
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            return int(args.func(args, parser))
+        finally:
+            # stdout to a pipe is block-buffered: flush here, so that a reader that went away
+            # shows up below rather than as a traceback when the interpreter exits
+            sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `figrelay plugins | head`: the reader has all it wants. Stop quietly, as cat and grep do
+        # (Python's documented way: point stdout at /dev/null so the exit's flush cannot fail again),
+        # with the status of a process ended by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE

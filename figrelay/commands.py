@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 import time
 import uuid
@@ -18,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from .config import Config, HookConfig
+from .config import Config, HookConfig, closest
 from .daemon import OUTBOX_FILE
 from .delivery import ClientContext, Delivered, Delivery, Failed, Outcome, Retry
 from .events import ROUTES, EventError, parse_event_body
@@ -27,7 +28,8 @@ from .logs import redactor
 from .messages import describe
 from .outbox import ClientHealth, Outbox, OutboxError, StoredDelivery
 from .plugins import PluginRegistry
-from .samples import test_button_events
+from .samples import sample_test_events, test_button_events
+from .wording import plural
 
 
 def table(rows: Sequence[Sequence[str]], out: Any = None) -> None:
@@ -41,8 +43,10 @@ def table(rows: Sequence[Sequence[str]], out: Any = None) -> None:
 # --- figrelay test CLIENT ---------------------------------------------------------------------
 
 
-async def test_client(config: Config, registry: PluginRegistry, name: str) -> int:
-    """Send Fig's seven Test-button payloads to one client through its plugin, like Fig's Test."""
+async def test_client(config: Config, registry: PluginRegistry, name: str, samples: bool = False) -> int:
+    """Send Fig's seven Test-button payloads to one client through its plugin, exactly as Fig's
+    Test button sends them; with ``samples``, figrelay's realistic sample events instead (marked
+    as tests), to preview what real events look like."""
     client = config.clients.get(name)
     if client is None:
         print(f"figrelay test: no client is named {name!r} in {config.path} (clients: {', '.join(config.clients) or 'none'})", file=sys.stderr)
@@ -54,7 +58,7 @@ async def test_client(config: Config, registry: PluginRegistry, name: str) -> in
         context = ClientContext(name, client.options, http, logging.getLogger(f"figrelay.client.{name}"), config.state_dir)
         target = client_type.open(context)
         try:
-            for event in test_button_events():
+            for event in sample_test_events() if samples else test_button_events():
                 message = None
                 if client.renders_messages:
                     message = describe(event)
@@ -71,7 +75,7 @@ async def test_client(config: Config, registry: PluginRegistry, name: str) -> in
                     outcome = Retry(f"plugin error: {type(exc).__name__}: {exc}")
                 elapsed = f"{(time.monotonic() - started) * 1000:.0f} ms"
                 if isinstance(outcome, Delivered):
-                    rows.append([event.route, "ok", elapsed, outcome.detail])
+                    rows.append([event.route, "ok", elapsed, redactor.redact(outcome.detail)])  # a target may echo in a 2xx too
                 else:
                     ok = False
                     kind = "failed" if isinstance(outcome, Failed) else "retryable"
@@ -79,7 +83,8 @@ async def test_client(config: Config, registry: PluginRegistry, name: str) -> in
                     rows.append([event.route, kind, elapsed, redactor.redact(reason)])
         finally:
             await target.aclose()
-    print(f"Fig's test events to {name} ({client.type}):")
+    what = "figrelay's sample events (marked as tests)" if samples else "Fig's Test-button events"
+    print(f"{what} to {name} ({client.type}):")
     table(rows)
     print("all delivered" if ok else "some were not delivered")
     return 0 if ok else 1
@@ -120,6 +125,16 @@ async def send_event(config: Config | None, route: str, body: bytes, url: str | 
         url, unix = _daemon_address(config)
         if secret is None and config.intake.secret is not None:
             secret = config.intake.secret.get_secret_value()
+        unresolved = config.unresolved_under("intake")
+        if secret is None and unresolved:
+            # the configuration was loaded without the service's credentials (a shell has none)
+            print(
+                "figrelay send: the daemon requires the intake secret, but it cannot be read here:\n"
+                + "".join(f"  {problem}\n" for problem in unresolved)
+                + "give the plain secret with --secret or $FIGRELAY_SECRET",
+                file=sys.stderr,
+            )
+            return 2
         if secret is None and config.intake.hashed_secret is not None:
             print("figrelay send: the configuration holds only the hashed secret; give the plain one with --secret or $FIGRELAY_SECRET", file=sys.stderr)
             return 2
@@ -213,7 +228,7 @@ def matches(config: Config, client_name: str | None, settings: Sequence[str], ev
         print("no hook is about that event")
         return 1
     table(rows)
-    print(f"{firing} of {len(rows) - 1} hooks would fire")
+    print(f"{firing} of {plural(len(rows) - 1, 'hook')} would fire")
     return 0 if firing else 1
 
 
@@ -259,22 +274,70 @@ async def deliveries(config: Config, action: str, ids: Sequence[str], client: st
         if not ids and client is None and not all_dead:
             print(f"figrelay deliveries {action}: name delivery ids, --client NAME or --all-dead", file=sys.stderr)
             return 2
+        # read before acting, to say of each id that was not acted on why not
+        before = await outbox.fetch(list(ids)) if ids else {}
         if action == "retry":
             revived = await outbox.revive(ids, client=client, all_dead=all_dead)
+            done = len(revived)
+            if revived:
+                is_, them = ("is", "it") if done == 1 else ("are", "them")
+                print(f"{plural(done, 'dead letter')} {is_} pending again; a running figrelay picks {them} up within seconds")
             unknown = sorted({c for _, c in revived} - set(config.clients))
-            print(f"{len(revived)} dead letters are pending again; a running figrelay picks them up within seconds")
             if unknown:
                 print(f"warning: {', '.join(unknown)} is not in the configuration: those deliveries wait until it is", file=sys.stderr)
-            return 0 if revived else 1
-        count = await outbox.purge(ids, client=client, all_dead=all_dead)
-        print(f"{count} dead letters deleted")
-        if client is not None and client not in config.clients:
-            waiting = await outbox.purge_waiting(client)
-            print(f"{waiting} pending deliveries of removed client {client!r} deleted")
-            count += waiting
-        return 0 if count else 1
+        else:
+            done = await outbox.purge(ids, client=client, all_dead=all_dead)
+            if done:
+                whose = f" of client {client!r}" if client is not None and not ids else ""
+                print(f"{plural(done, 'dead letter')}{whose} deleted")
+            if client is not None and not ids and client not in config.clients:
+                waiting = await outbox.purge_waiting(client)
+                if waiting:
+                    print(f"{plural(waiting, 'pending delivery', 'pending deliveries')} of removed client {client!r} deleted")
+                done += waiting
+        for delivery_id in ids:
+            row = before.get(delivery_id)
+            if row is None or row.state != "dead":
+                print(f"{delivery_id}: {_not_a_dead_letter(delivery_id, row, action)}")
+        if client is not None and not ids and not done:
+            print(await _nothing_for_client(outbox, config, client, action))
+        if all_dead and not ids and client is None and not done:
+            print(f"no dead letters: nothing to {action}")
+        return 0 if done else 1
     finally:
         await outbox.close()
+
+
+_DELIVERY_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _not_a_dead_letter(delivery_id: str, row: StoredDelivery | None, action: str) -> str:
+    """Why ``retry``/``purge`` of this id did nothing: only dead letters are retried or purged."""
+    if row is not None:
+        when = "now" if row.next_attempt_at <= time.time() else f"in {_age(row.next_attempt_at - time.time())}"
+        return (
+            f"still pending, not a dead letter (to {row.client}, {plural(row.attempts, 'attempt')} so far, next try {when}): "
+            f"nothing to {action}; `figrelay deliveries --client {row.client}` shows it"
+        )
+    if not _DELIVERY_ID.fullmatch(delivery_id):
+        return "unknown id: a delivery id is 32 hex digits, as `figrelay deliveries` lists them"
+    return "not in the outbox: it was delivered already, or purged (the outbox keeps only pending deliveries and dead letters)"
+
+
+async def _nothing_for_client(outbox: Outbox, config: Config, client: str, action: str) -> str:
+    """What to tell when ``--client NAME`` found nothing to retry or purge."""
+    pending = (await outbox.stats()).get(client, (0, 0, None))[0]
+    some_pending = plural(pending, "pending delivery", "pending deliveries")
+    if client in config.clients:
+        left = f" ({some_pending} left as {'it is' if pending == 1 else 'they are'})" if pending else ""
+        return f"client {client!r} has no dead letters: nothing to {action}{left}"
+    names = sorted(config.clients)
+    clients = f" (configured clients: {', '.join(names) or 'none'}){closest(client, names)}"
+    if action == "retry" and pending:
+        waits = "waits" if pending == 1 else "wait"
+        return f"client {client!r} is not in the configuration and has no dead letters; its {some_pending} {waits} for it to return{clients}"
+    what = "dead letters" if action == "retry" else "deliveries"
+    return f"client {client!r} is not in the configuration and has no {what} in the outbox: nothing to {action}{clients}"
 
 
 def _print_deliveries(rows: list[StoredDelivery], configured: set[str]) -> None:
@@ -307,7 +370,7 @@ def _print_circuits(health: dict[str, ClientHealth], client: str | None) -> None
         since = f" for {_age(now - h.since)}" if h.since is not None else ""
         probe = f"; next probe in {_age(h.next_probe_at - now)}" if h.next_probe_at is not None and h.next_probe_at > now else ""
         error = redactor.redact(h.last_error or "-").replace("\n", " ")
-        print(f"client {h.client}: circuit open{since} after {h.failures} failed attempts in a row{probe}; last error: {error[:200]}")
+        print(f"client {h.client}: circuit open{since} after {plural(h.failures, 'failed attempt')} in a row{probe}; last error: {error[:200]}")
 
 
 __all__ = ["deliveries", "matches", "send_event", "test_client"]

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
@@ -26,6 +25,7 @@ from .events import ROUTES
 from .hookregex import DEFAULT_TIME_LIMIT, HookPattern, TimeLimit, compile_hook_regex
 from .plugins import PluginRegistry
 from .templates import MessageTemplates, TemplateError, check_template
+from .wording import plural
 
 Path_ = tuple[str | int, ...]
 
@@ -81,6 +81,10 @@ class _Collector:
         self.problems: list[Problem] = []
         self.file_values: set[str] = set()
         """Values read through ${file:...}: credentials by convention, redacted from logs."""
+        self.need_credentials = True
+        """False for the operator commands that deliver nothing (see ``load_config``)."""
+        self.unresolved: list[tuple[Path_, Problem]] = []
+        """${...} that could not be resolved where the command does not need the value."""
 
     def line_of(self, path: Path_) -> int | None:
         path = tuple(path)
@@ -91,6 +95,21 @@ class _Collector:
     def add(self, path: Path_, message: str) -> None:
         self.problems.append(Problem(self.file, self.line_of(path), format_key(path), message))
 
+    def unresolvable(self, path: Path_, message: str) -> None:
+        """A ${...} that cannot be resolved: a problem, unless the command does not use the value."""
+        if self.need_credentials or not _is_credential_path(path):
+            self.add(path, message)
+        else:
+            self.unresolved.append((path, Problem(self.file, self.line_of(path), format_key(path), message)))
+
+
+def _is_credential_path(path: Path_) -> bool:
+    """The values only delivering uses: a client's plugin options, and the intake's secret (which
+    ``figrelay send`` checks itself, to say what is missing and that --secret can stand in)."""
+    if path[:1] == ("clients",) and len(path) >= 3:
+        return path[2] not in CORE_CLIENT_KEYS
+    return path[:2] in (("intake", "secret"), ("intake", "hashed_secret"))
+
 
 # --- YAML with line numbers and ${...} substitution -------------------------------------------
 
@@ -99,42 +118,87 @@ _SUBST = re.compile(r"\$\$|\$\{((?:[^{}]|\$\{[^{}]*\})*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+class _Unresolved(Exception):
+    """A ${...} whose value cannot be had here; the message says which and how to provide it."""
+
+
+class _Malformed(Exception):
+    """A ${...} that is not a reference at all: a typo, always an error."""
+
+
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+_CREDENTIALS_HELP = 'see "Secrets as systemd credentials" in docs/operations.md'
+
+
+def _env_reference(expr: str) -> str:
+    name, sep, default = expr.partition(":-")
+    if not _ENV_NAME.fullmatch(name):
+        raise _Malformed(f"'${{{expr}}}' is not a variable reference: use ${{NAME}}, ${{NAME:-default}} or ${{file:PATH}} (write $$ for a literal $)")
+    value = os.environ.get(name)
+    if value is not None and (value or not sep):
+        return value
+    if sep:
+        return default
+    raise _Unresolved(f"environment variable {name} is not set (set it, or give a default: ${{{name}:-value}})")
+
+
+def _credential_name(spec: str) -> str | None:
+    """'slack-url' for ``${CREDENTIALS_DIRECTORY}/slack-url``: the name of a systemd credential."""
+    m = re.fullmatch(r"\$\{\s*" + CREDENTIALS_ENV + r"\s*\}/([^/]+)", spec)
+    return m.group(1) if m else None
+
+
+def _file_reference(spec: str, base_dir: Path, out: _Collector) -> str:
+    credential = _credential_name(spec)
+    try:
+        inner = _SUBST.sub(lambda m: "$" if m.group(0) == "$$" else _env_reference(m.group(1).strip()), spec)
+    except _Unresolved as exc:
+        if credential is not None and CREDENTIALS_ENV not in os.environ:
+            # The documented server layout: systemd sets the variable for the service only.
+            raise _Unresolved(
+                f"${{file:{spec}}} is a systemd credential, but {CREDENTIALS_ENV} is not set: systemd sets it only for the "
+                f"service (LoadCredential={credential}:/etc/figrelay/credentials/{credential} in the unit). From a shell, run the command "
+                f"through `sudo systemd-run --pipe --wait --quiet -p LoadCredential={credential}:/etc/figrelay/credentials/{credential} "
+                f"/opt/figrelay/venv/bin/figrelay ...`, or set {CREDENTIALS_ENV} to a folder that holds {credential!r} ({_CREDENTIALS_HELP})"
+            ) from None
+        raise _Unresolved(f"${{file:{spec}}}: {exc}") from None
+    target = Path(os.path.expanduser(inner))
+    if not target.is_absolute():
+        target = base_dir / target
+    try:
+        content = target.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        hint = ""
+        if credential is not None:
+            hint = (
+                f" (the unit needs LoadCredential={credential}:/etc/figrelay/credentials/{credential}: "
+                f"`systemctl edit figrelay`; {_CREDENTIALS_HELP})"
+            )
+        raise _Unresolved(f"cannot read {target} for ${{file:...}}: {reason}{hint}") from None
+    out.file_values.add(content)
+    return content
+
+
 def _substitute(text: str, path: Path_, base_dir: Path, out: _Collector) -> str:
-    if "$" not in text:
+    # "$2a$11$..." bcrypt hashes hold lone '$' signs: only "${" and "$$" are special.
+    if "${" not in text and "$$" not in text:
         return text
 
     def one(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
         expr = m.group(1).strip()
-        if expr.startswith("file:"):
-            inner = _SUBST.sub(one, expr[5:].strip()) if "${" in expr else expr[5:].strip()
-            target = Path(os.path.expanduser(inner))
-            if not target.is_absolute():
-                target = base_dir / target
-            try:
-                content = target.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
-                out.file_values.add(content)
-                return content
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                out.add(path, f"cannot read {target} for ${{file:...}}: {reason}")
-                return ""
-        name, sep, default = expr.partition(":-")
-        if not _ENV_NAME.fullmatch(name):
-            out.add(path, f"'${{{expr}}}' is not a variable reference: use ${{NAME}}, ${{NAME:-default}} or ${{file:PATH}} (write $$ for a literal $)")
-            return ""
-        value = os.environ.get(name)
-        if value is not None and (value or not sep):
-            return value
-        if sep:
-            return default
-        out.add(path, f"environment variable {name} is not set (set it, or give a default: ${{{name}:-value}})")
+        try:
+            if expr.startswith("file:"):
+                return _file_reference(expr[5:].strip(), base_dir, out)
+            return _env_reference(expr)
+        except _Unresolved as exc:
+            out.unresolvable(path, str(exc))
+        except _Malformed as exc:
+            out.add(path, str(exc))
         return ""
 
-    # "$2a$11$..." bcrypt hashes hold lone '$' signs: only "${" and "$$" are special.
-    if "${" not in text and "$$" not in text:
-        return text
     return _SUBST.sub(one, text)
 
 
@@ -171,7 +235,7 @@ def _read_yaml(text: str, file: str, base_dir: Path, out: _Collector) -> Any:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         what = " ".join(x for x in (exc.context, exc.problem) if x)
-        out.problems.append(Problem(file, line, "", f"not valid YAML: {what}"))
+        out.problems.append(Problem(file, line, "", f"not valid YAML: {what}{_yaml_hint(exc, text)}"))
         return None
     except yaml.YAMLError as exc:
         out.problems.append(Problem(file, None, "", f"not valid YAML: {exc}"))
@@ -182,6 +246,24 @@ def _read_yaml(text: str, file: str, base_dir: Path, out: _Collector) -> Any:
         out.problems.append(Problem(file, None, "", _EMPTY))
         return None
     return _to_python(node, loader, (), base_dir, out)
+
+
+def _yaml_hint(exc: yaml.MarkedYAMLError, text: str) -> str:
+    """What to do about the YAML mistakes people make in a config file; PyYAML only says what it met."""
+    problem, context = exc.problem or "", exc.context or ""
+    if "'\\t'" in problem or "tab" in problem:
+        return "; use spaces for indentation, not tabs (YAML does not allow a tab there)"
+    # an unquoted value that starts with '*' (a regex such as *Api) is read as an alias to an &anchor
+    mark = exc.context_mark if "alias" in context else exc.problem_mark if "alias" in problem else None
+    if mark is None:
+        return ""
+    lines = text.splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    value = re.split(r"\s+#", line[mark.column :], maxsplit=1)[0].strip()
+    if "{" in line[: mark.column] or "[" in line[: mark.column]:  # in a flow mapping or list
+        value = re.split(r"[,}\]]", value, maxsplit=1)[0].strip()
+    quoted = "'" + value.replace("'", "''") + "'"
+    return f"; a value that starts with '*' is a YAML alias: quote it: {quoted}"
 
 
 _EMPTY = (
@@ -389,7 +471,8 @@ class ClientConfig:
     name: str
     type: str
     options: Any
-    """The plugin's validated options model."""
+    """The plugin's validated options model; None when loaded with need_credentials=False and a
+    value in them could not be resolved (see ``Config.unresolved``)."""
     max_in_flight: int
     fingerprint: str
     """Equal fingerprints mean an unchanged target across a reload (it is kept open)."""
@@ -399,6 +482,8 @@ class ClientConfig:
     """Window in seconds for folding a burst of one hook's events into one digest."""
     templates: MessageTemplates | None = None
     renders_messages: bool = False
+    max_batch: int = 0
+    """The client type's most deliveries in one digest send (0: no limit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,10 +510,16 @@ class Config:
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     log_level: str = "info"
     """Every credential value in the file, so logs and errors can redact them."""
+    unresolved: tuple[tuple[Path_, Problem], ...] = ()
+    """With ``need_credentials=False``: the values left unresolved, by key path (see load_config)."""
 
     def summary(self) -> str:
         listen = ", ".join(str(l) for l in self.listen)
-        return f"{self.path}: {len(self.clients)} clients, {len(self.hooks)} hooks, listening on {listen}"
+        return f"{self.path}: {plural(len(self.clients), 'client')}, {plural(len(self.hooks), 'hook')}, listening on {listen}"
+
+    def unresolved_under(self, *prefix: str | int) -> list[Problem]:
+        """The values left unresolved at or under this key path, e.g. ("clients", 0) or ("intake", "secret")."""
+        return [problem for path, problem in self.unresolved if path[: len(prefix)] == prefix]
 
 
 def _pydantic_problems(exc: ValidationError, base: Path_, model: type[BaseModel], out: _Collector) -> None:
@@ -467,25 +558,41 @@ def _model_at(model: type[BaseModel], loc: Path_) -> type[BaseModel] | None:
 
 
 def _secret_values(model: Any, names: Sequence[str] = ()) -> set[str]:
+    """Every credential in a validated value: each ``SecretStr`` wherever it sits (a field, or an
+    item of a mapping or list, such as a secret header's value), and the values of the options
+    ``names`` (a plugin's ``secret_options``: every text in them). Only these are masked in logs
+    and outputs; plain values (a header such as ``X-Team: platform``, a client name) stay readable."""
     found: set[str] = set()
-    if isinstance(model, BaseModel):
+    if isinstance(model, SecretStr):
+        found.add(model.get_secret_value())
+    elif isinstance(model, BaseModel):
         for key in type(model).model_fields:
             value = getattr(model, key)
-            if isinstance(value, SecretStr):
-                found.add(value.get_secret_value())
-            elif key in names and isinstance(value, str):
-                found.add(value)
-            elif key in names and isinstance(value, dict):
-                found |= {v for v in value.values() if isinstance(v, str)}
-            elif isinstance(value, (BaseModel, dict, list, tuple)):
-                found |= _secret_values(value)
+            found |= _all_texts(value) if key in names else _secret_values(value)
     elif isinstance(model, dict):
         for v in model.values():
             found |= _secret_values(v)
-    elif isinstance(model, (list, tuple)):
+    elif isinstance(model, (list, tuple, set, frozenset)):
         for v in model:
             found |= _secret_values(v)
     return {s for s in found if s}
+
+
+def _all_texts(value: Any) -> set[str]:
+    """Every text in an option a plugin declared secret: a URL, or each value of a mapping."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, SecretStr):
+        return {value.get_secret_value()}
+    if isinstance(value, BaseModel):
+        items: list[Any] = [getattr(value, k) for k in type(value).model_fields]
+    elif isinstance(value, dict):
+        items = list(value.values())
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+    else:
+        return set()
+    return {text for item in items for text in _all_texts(item)}
 
 
 def _without_missing(exc: ValidationError, *locs: tuple[str, ...]) -> ValidationError:
@@ -516,19 +623,6 @@ def _templates(
     return MessageTemplates(title, text) if ok else None
 
 
-def _with_url_parts(secrets: set[str]) -> set[str]:
-    """A credential URL leaks through its path or query alone too (a Slack webhook's path, a
-    Teams workflow's sig=): redact those parts as well."""
-    out = set(secrets)
-    for secret in secrets:
-        if not secret.startswith(("http://", "https://")):
-            continue
-        parts = urlsplit(secret)
-        out |= {p for p in (parts.path, parts.query) if len(p) >= 12}
-        out |= {value for _, value in parse_qsl(parts.query) if len(value) >= 8}
-    return out
-
-
 def _compile(pattern: Any, path: Path_, out: _Collector) -> HookPattern | None:
     try:
         return compile_hook_regex(str(pattern))
@@ -549,11 +643,20 @@ def _stable(value: Any) -> Any:
     return value
 
 
-def load_config(path: str | os.PathLike[str], registry: PluginRegistry) -> Config:
-    """Read and validate the file at ``path``; raise ConfigError with every problem found."""
+def load_config(path: str | os.PathLike[str], registry: PluginRegistry, *, need_credentials: bool = True) -> Config:
+    """Read and validate the file at ``path``; raise ConfigError with every problem found.
+
+    ``need_credentials=False`` is for the commands that deliver nothing (``deliveries``,
+    ``matches``, ``send``): they run from a shell, where the service's credentials (its
+    ``${file:${CREDENTIALS_DIRECTORY}/...}``) are not at hand. A ${...} that cannot be resolved
+    in a client's plugin options or in the intake's secret is then no error: that client keeps its
+    name and type with ``options=None``, the intake is taken to require a secret, and the problem
+    is kept in ``Config.unresolved``. Everything else (listen, state_dir, hooks) is checked as ever.
+    """
     path = Path(path)
     file = str(path)
     out = _Collector(file)
+    out.need_credentials = need_credentials
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -573,6 +676,12 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
         found = "a list" if isinstance(data, list) else f"only the text {str(data)[:40]!r}"
         out.add((), f"the file must be a mapping with keys such as listen, intake, clients, hooks, but it holds {found}")
         raise ConfigError(out.problems)
+
+    # an intake secret that cannot be resolved here (need_credentials=False) still means the
+    # daemon requires one: validate without it, and do not ask for a secret below
+    deferred_intake = {path[1] for path, _ in out.unresolved if path[:1] == ("intake",)}
+    if deferred_intake and isinstance(data.get("intake"), dict):
+        data = {**data, "intake": {k: v for k, v in data["intake"].items() if k not in deferred_intake}}
 
     try:
         top = _TopModel.model_validate(data)
@@ -597,9 +706,11 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
     intake_valid = "intake" not in data or _valid_top_key("intake", data["intake"])
     if intake.secret is not None and intake.hashed_secret is not None:
         out.add(("intake",), "set either 'secret' or 'hashed_secret', not both")
-    if intake.secret is not None and not intake.secret.get_secret_value():
+    # a ${...} that could not be resolved left it empty, and has said why already
+    unresolved_secret = any(p.key == "intake.secret" for p in out.problems)
+    if intake.secret is not None and not intake.secret.get_secret_value() and not unresolved_secret:
         out.add(("intake", "secret"), "is empty; remove it or give the secret")
-    if intake_valid and intake.secret is None and intake.hashed_secret is None:
+    if intake_valid and intake.secret is None and intake.hashed_secret is None and not deferred_intake:
         remote = [str(l) for l in listeners if not l.is_local]
         if remote:
             out.add(
@@ -652,15 +763,20 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
             out.add((*cpath, "type"), f"unknown client type {type_name!r}{hint} (installed: {installed}; `figrelay plugins` lists them)")
         if client_type is None:
             continue
+        options: Any = None
         try:
-            options = client_type.options.model_validate({k: v for k, v in raw.items() if k not in CORE_CLIENT_KEYS})
+            # options with a value left unresolved (need_credentials=False) cannot be validated, and
+            # the command that loaded them does not use them
+            if not any(p[:2] == cpath for p, _ in out.unresolved):
+                options = client_type.options.model_validate({k: v for k, v in raw.items() if k not in CORE_CLIENT_KEYS})
         except ValidationError as exc:
             _pydantic_problems(exc, cpath, client_type.options, out)
             continue
         except Exception as exc:  # a plugin's validator that raised something else
             out.add(cpath, f"the {type_name!r} plugin could not check these options: {type(exc).__name__}: {exc}")
             continue
-        secrets |= _secret_values(options, client_type.secret_options)
+        if options is not None:
+            secrets |= _secret_values(options, client_type.secret_options)
         if core is None:
             continue
         routes = sorted({h.event for _, h in hook_models if h.client == core.name and h.event in ROUTES})
@@ -671,7 +787,8 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
         # a digest, so that no secret sits in the ClientConfig's repr
         fingerprint = hashlib.sha256(repr((type_name, _stable(options))).encode()).hexdigest()
         clients[core.name] = ClientConfig(
-            core.name, client_type.name, options, max_in_flight, fingerprint, min_interval, coalesce, templates, client_type.renders_messages
+            core.name, client_type.name, options, max_in_flight, fingerprint, min_interval, coalesce, templates, client_type.renders_messages,
+            client_type.max_batch,
         )
 
     # hooks
@@ -724,6 +841,7 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
         delivery=top.delivery,
         clients=clients,
         hooks=tuple(hooks),
-        secrets=frozenset(_with_url_parts(secrets)),
+        secrets=frozenset(secrets),  # figrelay.logs.secret_parts finds a credential URL's parts
         log_level=top.log_level,
+        unresolved=tuple(out.unresolved),
     )

@@ -33,6 +33,7 @@ from .reload import ConfigHolder, LiveConfig, watch_config
 from .server import IntakeRunner, create_app
 from .sessions import SessionTracker
 from .systemd import Notifier, inherited_sockets
+from .wording import plural
 
 log = logging.getLogger("figrelay")
 
@@ -45,7 +46,7 @@ class StartupError(Exception):
 
 def routing_of(live: LiveConfig) -> Routing:
     clients = {
-        name: ClientRoute(live.targets[name], c.max_in_flight, c.min_interval, c.coalesce, c.renders_messages, c.templates)
+        name: ClientRoute(live.targets[name], c.max_in_flight, c.min_interval, c.coalesce, c.renders_messages, c.templates, c.max_batch)
         for name, c in live.config.clients.items()
     }
     return Routing(live.config.delivery, clients, {hook.index: hook for hook in live.config.hooks})
@@ -104,7 +105,10 @@ async def _expire_waiting(outbox: Outbox, holder: ConfigHolder, every: float = 6
                 reason = "gave up waiting for the removed client's return (delivery.max_age)"
                 expired = await outbox.expire_waiting(waiting, config.delivery.max_age, time.time(), reason)
                 if expired:
-                    log.warning("%d deliveries waiting for removed clients (%s) are now dead letters: %s", len(expired), ", ".join(waiting), reason)
+                    log.warning(
+                        "%s waiting for removed clients (%s) now dead letters: %s",
+                        plural(len(expired), "delivery", "deliveries"), ", ".join(waiting), reason,
+                    )
         except Exception as exc:
             log.error("cannot expire deliveries waiting for removed clients: %s", exc)
         await asyncio.sleep(every)
@@ -168,7 +172,7 @@ async def serve(
                 for client in clients:
                     rows = await outbox.pending_in_order(client)
                     if rows:
-                        log.info("client %s is configured again: resuming its %d waiting deliveries", client, len(rows))
+                        log.info("client %s is configured again: resuming its waiting %s", client, plural(len(rows), "delivery", "deliveries"))
                         dispatcher.schedule(rows)
 
             def on_swap(new: LiveConfig, old: LiveConfig | None, removed: tuple[str, ...]) -> None:
@@ -189,7 +193,7 @@ async def serve(
             dispatcher.schedule(pending)
             waiting = sorted({client for _, client, _ in pending if client not in config.clients})
             if pending:
-                log.info("resuming %d pending deliveries", sum(1 for p in pending if p[1] in config.clients))
+                log.info("resuming %s", plural(sum(1 for p in pending if p[1] in config.clients), "pending delivery", "pending deliveries"))
             if waiting:
                 log.warning("deliveries of clients not in the configuration wait for them: %s", ", ".join(waiting))
 
@@ -251,7 +255,7 @@ async def serve(
             grace = holder.current.config.delivery.shutdown_timeout
             cancelled = await dispatcher.stop(grace)
             if cancelled:
-                log.info("%d deliveries were still in flight after %gs; they stay pending for the next start", cancelled, grace)
+                log.info("%s still in flight after %gs; they stay pending for the next start", plural(cancelled, "delivery was", "deliveries were"), grace)
             await holder.close()
         finally:
             await outbox.close()

@@ -157,7 +157,9 @@ class ClientType:
     """Builds a target for one configured client; must not block or do I/O."""
     description: str = ""
     secret_options: tuple[str, ...] = field(default=())
-    """Option names whose values are credentials besides SecretStr fields (e.g. a webhook URL)."""
+    """Option names whose values are credentials besides SecretStr values (e.g. a webhook URL held
+    as a plain str). A SecretStr anywhere in the options counts by itself, also inside a mapping;
+    figrelay masks credentials, and nothing else, in every text it writes or stores."""
     renders_messages: bool = False
     """True for targets that send human messages (chat, mail): figrelay then renders
     ``Delivery.message``, and the client and its hooks may set ``title``/``text`` templates."""
@@ -167,6 +169,10 @@ class ClientType:
     default_coalesce: float = 0.0
     """Seconds within which consecutive events of one hook and setting client are folded into
     one digest send, unless the client sets ``coalesce`` (0: never)."""
+    max_batch: int = 0
+    """The most deliveries one digest send may carry (0: no limit). A larger burst goes as
+    several sends, each within it and paced like any other, so a digest never has to leave
+    events out to fit a message's limits."""
 
 
 # --- shared retry rules -----------------------------------------------------------------------

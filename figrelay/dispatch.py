@@ -50,6 +50,7 @@ from .logs import redactor
 from .messages import describe, digest
 from .outbox import ClientHealth, Outbox, OutcomeWrites, StoredDelivery
 from .templates import MessageTemplates
+from .wording import plural
 
 log = logging.getLogger("figrelay.dispatch")
 
@@ -72,6 +73,8 @@ class ClientRoute:
     coalesce: float = 0.0
     renders_messages: bool = False
     templates: MessageTemplates | None = None
+    max_batch: int = 0
+    """The most deliveries one digest send carries (0: no limit); a larger group goes in parts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +259,8 @@ class Dispatcher:
                 room = MAX_FETCH - sum(len(g.rows) for g in lane.groups.values())
             else:
                 room = max(0, limit - lane.sending - len(lane.groups))
+            if self._older_than_held(lane):
+                room = max(room, 1)  # the held groups wait for it (below): it must be read
             ids = [heapq.heappop(lane.heap)[2] for _ in range(min(room, len(lane.heap)))]
             if ids:
                 lane.fetching += 1
@@ -268,17 +273,34 @@ class Dispatcher:
             if group.release_at > now:
                 wake_at.append(group.release_at)
                 break
-            del lane.groups[group.key]
+            if self._older_than_held(lane):
+                break  # an older delivery (one retried meanwhile) is still to be read: it goes first
+            if route.max_batch and len(group.rows) > route.max_batch:
+                # too many for one message: the oldest go now, the rest stay for the next send,
+                # paced like any other, so no digest has to leave events out
+                sending = _Group(group.key, group.rows[: route.max_batch], now)
+                group.rows = group.rows[route.max_batch :]
+            else:
+                sending = group
+                del lane.groups[group.key]
             lane.sending += 1
             lane.last_sent[group.key] = now
             if route.min_interval:
                 lane.next_send = now + route.min_interval
                 gate = lane.next_send
-            self._spawn(self._attempt(lane, group))
+            self._spawn(self._attempt(lane, sending))
         if (lane.groups or lane.heap) and gate > now:
             wake_at.append(gate)
         if lane.failures and lane.heap:
             wake_at.append(lane.heap[0][0] + settings.max_age)
+
+    @staticmethod
+    def _older_than_held(lane: _Lane) -> bool:
+        """Whether the lane's next row to read is older than every row it holds ready to send."""
+        if not lane.heap or not lane.groups:
+            return False
+        firsts = [lane.known.get(g.rows[0][0].id) for g in lane.groups.values()]
+        return all(first is None or lane.heap[0][:2] < first for first in firsts)
 
     def _expire_waiting(self, lane: _Lane, now: float, settings: DeliverySettings) -> None:
         expired: list[str] = []
@@ -302,7 +324,7 @@ class Dispatcher:
             for delivery_id in expired:
                 lane.known.pop(delivery_id, None)
                 self._observer.expired(lane.client)
-            log.warning("%d deliveries to %s expired while it was failing, kept as dead letters: %s", len(expired), lane.client, reason)
+            log.warning("%s to %s expired while it was failing, kept as dead letters: %s", plural(len(expired), "delivery", "deliveries"), lane.client, reason)
 
         self._spawn(write())
 
@@ -455,8 +477,8 @@ class Dispatcher:
             lane.open_since = now
             log.warning(
                 "client %s is failing: circuit open after %d failed attempts in a row; one probe at a time from now on, "
-                "the other %d deliveries wait: %s",
-                lane.client, lane.failures, len(lane.known) - len(rows), outcome.reason,
+                "the other %s wait: %s",
+                lane.client, lane.failures, plural(len(lane.known) - len(rows), "delivery", "deliveries"), outcome.reason,
             )
         if lane.is_open:
             self._observer.circuit(lane.client, True, lane.failures)
@@ -484,8 +506,8 @@ class Dispatcher:
         if was_open is not None:
             lane.open_since = None
             log.warning(
-                "client %s answers again: circuit closed after %s; sending the %d waiting deliveries",
-                lane.client, _age(now - was_open), len(lane.heap) + len(lane.groups),
+                "client %s answers again: circuit closed after %s; sending the waiting %s",
+                lane.client, _age(now - was_open), plural(len(lane.heap) + sum(len(g.rows) for g in lane.groups.values()), "delivery", "deliveries"),
             )
             self._observer.circuit(lane.client, False, 0)
             self._remember(lane)
@@ -509,6 +531,11 @@ class Dispatcher:
         """The outcome is recorded: forget the rows, or put the retried ones back at their place."""
         retried = {w[0] for w in writes.retry}
         live = not self._stopping and self._lanes.get(lane.client) is lane
+        if retried and live:
+            # the rows read but not sent yet are younger than the retried ones: back to their
+            # places too, so the next sends start with the oldest again
+            self._requeue(lane, [row.id for group in lane.groups.values() for row, _ in group.rows])
+            lane.groups.clear()
         for row in rows:
             if row.id in retried:
                 self._observer.retried(row)

@@ -8,7 +8,11 @@ keep every line honest and the log bounded:
   a newline or an ANSI escape) are written as escapes (``\\n``, ``\\x1b``, ``\\u2028``), so a sender
   can neither forge a log line nor drive the terminal. The message template, figrelay's own
   text, keeps its newlines.
-- ``RedactSecrets``: every configured secret in the final message becomes ``***``.
+- ``RedactSecrets``: every configured credential in the final message becomes ``***``, also when
+  it is URL-encoded, JSON-escaped or cut short; ``redactor.redact`` does the same for any other
+  text figrelay shows or stores (dead letters, command output, /metrics, /readyz).
+- ``OncePerKey``: at most one line per key (a refused request's reason and peer) per window,
+  with a count of the lines held back.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import re
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
+from urllib.parse import unquote, urlsplit
 
 REDACTED = "***"
 
@@ -142,6 +147,68 @@ class RepeatLimiter(logging.Filter):
         return True
 
 
+@dataclass(slots=True)
+class _KeyWindow:
+    opened: float
+    held_back: int = 0
+
+
+class OncePerKey:
+    """At most one line per key (say, a refused request's reason and peer) per ``window`` seconds;
+    the lines of that key within the window are held back and counted. ``admit`` says whether to
+    write a line and how many were held back before it; ``due`` hands out the counts of windows
+    that are over, for a summary line each, so a flood that stops is still accounted for; ``drain``
+    hands out every count (at shutdown). Memory is bounded: beyond ``max_keys`` the oldest keys'
+    counts are added up under the key None. ``clock`` is injectable for tests."""
+
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic, max_keys: int = 4096) -> None:
+        self.window = window
+        self._clock = clock
+        self._max_keys = max_keys
+        self._keys: OrderedDict[Hashable, _KeyWindow] = OrderedDict()
+        self._evicted = 0
+
+    def admit(self, key: Hashable) -> int | None:
+        """None: hold this line back. Otherwise write it, noting the returned number of lines of
+        this key held back since its last line and not yet reported."""
+        now = self._clock()
+        seen = self._keys.get(key)
+        if seen is not None and now - seen.opened < self.window:
+            seen.held_back += 1
+            return None
+        self._keys[key] = _KeyWindow(now)
+        self._keys.move_to_end(key)
+        while len(self._keys) > self._max_keys:
+            _, dropped = self._keys.popitem(last=False)
+            self._evicted += dropped.held_back
+        return seen.held_back if seen is not None else 0
+
+    def due(self) -> list[tuple[Hashable | None, int]]:
+        """(key, count) for each window that is over with lines held back; those keys start afresh,
+        so their next line is written at once."""
+        now = self._clock()
+        over = [key for key, seen in self._keys.items() if seen.held_back and now - seen.opened >= self.window]
+        return self._take(over)
+
+    def drain(self) -> list[tuple[Hashable | None, int]]:
+        """(key, count) for every key with lines held back, whether its window is over or not."""
+        return self._take([key for key, seen in self._keys.items() if seen.held_back])
+
+    def next_due(self) -> float | None:
+        """Seconds until the first window with lines held back is over; None when there is none."""
+        opened = [seen.opened for seen in self._keys.values() if seen.held_back]
+        if not opened and not self._evicted:
+            return None
+        return max(0.0, min(opened, default=self._clock()) + self.window - self._clock())
+
+    def _take(self, keys: list[Hashable]) -> list[tuple[Hashable | None, int]]:
+        counts: list[tuple[Hashable | None, int]] = [(key, self._keys.pop(key).held_back) for key in keys]
+        if self._evicted:
+            counts.append((None, self._evicted))
+            self._evicted = 0
+        return counts
+
+
 def _append(record: logging.LogRecord, note: str) -> None:
     """Adds ``note`` (no % in it) to the end of a record's message."""
     if isinstance(record.msg, str):
@@ -152,26 +219,226 @@ def _append(record: logging.LogRecord, note: str) -> None:
 
 # --- secrets ----------------------------------------------------------------------------------------
 
+MIN_SECRET_LENGTH = 4
+"""Credentials shorter than this are not masked: blanking every "abc" would make the log unreadable
+while hiding nothing worth having (a warning says so when one is configured)."""
+PREFIX_LENGTH = 8
+"""A credential of at least this many characters is masked from any PREFIX_LENGTH-character start
+of it on: a target that cuts its echo short ("Bearer xoxb-12345678…") must not leak that start.
+A shorter one (MIN_SECRET_LENGTH and up) is masked only whole, and only where it stands as a word,
+so that a 4-character password does not blank every word that contains its letters."""
+
+_WORD_CHAR = re.compile("[0-9A-Za-z]")
+# Query parameters whose value is a credential whatever it looks like (Teams' sig=, Azure's code=)
+_SECRET_QUERY_NAMES = re.compile(r"(?i)sig|signature|token|.*secret.*|.*password.*|.*key|code|auth|access_token|apikey")
+# How JSON and Python write a character with a short escape; escape_controls writes \n \r \t too
+_SHORT_ESCAPES = {"/": "\\/", '"': '\\"', "\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def _hex(value: int, width: int) -> str:
+    """A regex for ``value`` in hex digits of either case."""
+    return "".join(f"[{d.lower()}{d.upper()}]" if d.isalpha() else d for d in f"{value:0{width}X}")
+
+
+def _char_forms(c: str) -> list[str]:
+    """Regexes for the ways a character of a secret can appear in an echoed text: as itself,
+    percent-encoded (its UTF-8 bytes, hex in either case; ``+`` for a space), JSON- or
+    Python-escaped (``\\uXXXX``, ``\\/``, ``\\"``), or as escape_controls writes it (``\\x1b``).
+    Each begins with a literal character, which lets the regex engine skip ahead cheaply."""
+    code = ord(c)
+    forms = [re.escape(c), "".join("%" + _hex(b, 2) for b in c.encode("utf-8", "surrogatepass"))]
+    if code < 0x10000:
+        forms.append(r"\\u" + _hex(code, 4))
+    else:
+        high, low = divmod(code - 0x10000, 0x400)
+        forms.append(r"\\u" + _hex(0xD800 + high, 4) + r"\\u" + _hex(0xDC00 + low, 4))
+    if c in _SHORT_ESCAPES:
+        forms.append(re.escape(_SHORT_ESCAPES[c]))
+    if code < 0x20 or 0x7F <= code < 0xA0:
+        forms.append(r"\\x" + _hex(code, 2))
+    if c == " ":
+        forms.append(r"\+")
+    return forms
+
+
+_UNITS: dict[str, re.Pattern[str]] = {}
+
+
+def _unit(c: str) -> re.Pattern[str]:
+    """One character of a secret in any of its forms."""
+    unit = _UNITS.get(c)
+    if unit is None:
+        unit = _UNITS[c] = re.compile("(?:" + "|".join(_char_forms(c)) + ")")
+    return unit
+
+
+def _credential_like(text: str) -> bool:
+    """True for a URL part that looks like a key rather than a word: long, and mixing at least two
+    of lower case, upper case and digits (``XXXXslackpath``, a hex id), unlike ``services``,
+    ``workflows`` or ``2016-06-01``."""
+    if len(text) < PREFIX_LENGTH:
+        return False
+    classes = (any(ch.islower() for ch in text), any(ch.isupper() for ch in text), any(ch.isdigit() for ch in text))
+    return sum(classes) >= 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Secret:
+    """One text to mask. ``prefix``: its first PREFIX_LENGTH characters on count (a credential);
+    otherwise it counts whole only (a URL's path, which begins with public words); ``word``: only
+    where it stands alone (a short credential)."""
+
+    text: str
+    prefix: bool = False
+    word: bool = False
+
+    @property
+    def head(self) -> str:
+        """What must be present for a match: the prefix, or the whole text."""
+        return self.text[:PREFIX_LENGTH] if self.prefix else self.text
+
+    def match_end(self, text: str, start: int, head: re.Pattern[str]) -> int | None:
+        """Where this secret (or, for a prefix secret, as much of it as is there) ends when it
+        starts at ``start`` in ``text``; None when it does not start there."""
+        m = head.match(text, start)
+        if m is None:
+            return None
+        end = m.end()
+        if self.prefix:
+            for c in self.text[PREFIX_LENGTH:]:
+                more = _unit(c).match(text, end)
+                if more is None:
+                    break
+                end = more.end()
+        if self.word and (_word_before(text, start) or _WORD_CHAR.match(text, end)):
+            return None
+        return end
+
+
+_ESCAPE_BEFORE = re.compile(r"(?:%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2})\Z")
+
+
+def _word_before(text: str, start: int) -> bool:
+    """True when a word character comes right before ``start``, other than the end of an escape
+    (``%20abcd`` and ``\\u0020abcd`` hold the word ``abcd``)."""
+    if start == 0 or not _WORD_CHAR.match(text, start - 1):
+        return False
+    return _ESCAPE_BEFORE.search(text, max(0, start - 6), start) is None
+
+
+def _plain(value: str) -> list[_Secret]:
+    if len(value) < MIN_SECRET_LENGTH:
+        return []
+    if len(value) < PREFIX_LENGTH:
+        return [_Secret(value, word=True)]
+    return [_Secret(value, prefix=True)]
+
+
+def secret_parts(value: str) -> list[_Secret]:
+    """What to mask for one configured credential. A credential URL (a Slack webhook, a Teams
+    workflow with ``sig=``) counts by its secret parts: a user's password, the path and query as
+    wholes, and each part that looks like a key (a path segment such as Slack's last one, the
+    value of ``sig=``) from its first characters on. Its scheme, host and plain words such as
+    ``services`` are no secret, and stay readable."""
+    if not value.lower().startswith(("http://", "https://")):
+        return _plain(value)
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return _plain(value)
+    found: list[_Secret] = _plain(unquote(password)) if password else []
+    segments = [unquote(s) for s in parts.path.split("/") if s]
+    secret_segments = [s for s in segments if _credential_like(s)]
+    found += [_Secret(s, prefix=True) for s in secret_segments]
+    path = parts.path.lstrip("/")
+    if secret_segments and len(path) >= PREFIX_LENGTH:
+        found.append(_Secret(path))  # the whole path goes, not only its key-like segments
+    secret_query = False
+    for piece in parts.query.split("&"):
+        name, _, raw = piece.partition("=")
+        item = unquote(raw)
+        if _SECRET_QUERY_NAMES.fullmatch(name) or _credential_like(item):
+            found += _plain(item)
+            secret_query = secret_query or len(item) >= MIN_SECRET_LENGTH
+    if secret_query and len(parts.query) >= PREFIX_LENGTH:
+        found.append(_Secret(parts.query))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Masks:
+    """The compiled form of a set of secrets: one regex that finds where any may start, and for
+    each secret the regex of its head, to tell which one it is and how far it goes."""
+
+    find: re.Pattern[str]
+    secrets: tuple[tuple[_Secret, re.Pattern[str]], ...]
+
+    @classmethod
+    def build(cls, secrets: Iterable[_Secret]) -> _Masks | None:
+        compiled: list[tuple[_Secret, re.Pattern[str]]] = []
+        starts: list[str] = []
+        for secret in sorted(set(secrets), key=lambda s: (-len(s.text), s.text)):
+            rest = "".join(_unit(c).pattern for c in secret.head[1:])
+            # one alternative for each form of the first character, so that every alternative
+            # begins with a literal and the engine can skip to the characters that may start one
+            alternatives = [form + rest for form in _char_forms(secret.head[0])]
+            starts += alternatives
+            compiled.append((secret, re.compile("(?:" + "|".join(alternatives) + ")")))
+        if not compiled:
+            return None
+        return cls(re.compile("|".join(starts)), tuple(compiled))
+
+    def redact(self, text: str) -> str:
+        out: list[str] = []
+        done = 0
+        pos = 0
+        while (m := self.find.search(text, pos)) is not None:
+            start = m.start()
+            ends = [end for secret, head in self.secrets if (end := secret.match_end(text, start, head)) is not None]
+            if not ends:  # a short secret inside a longer word: not this one
+                pos = start + 1
+                continue
+            out += (text[done:start], REDACTED)
+            done = pos = max(ends)
+        if not out:
+            return text
+        out.append(text[done:])
+        return "".join(out)
+
 
 class RedactSecrets(logging.Filter):
-    """Replaces each known secret in a record's final message with ``***``."""
+    """Masks every configured credential in a record's final message, and in any text figrelay
+    shows or stores (``redact``), with ``***``: as it is, URL-encoded (``%2F``, ``+``),
+    JSON-escaped (``\\/``, ``\\u002B``), or cut short from its first PREFIX_LENGTH characters on.
+
+    Fast on the common text that holds no secret: all secrets are one regex whose every branch
+    starts with a literal character, so the engine skips to the few places a secret could start.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self._secrets: tuple[str, ...] = ()
+        self._masks: _Masks | None = None  # replaced whole, so a logging thread sees old or new
+        self._warned: frozenset[int] = frozenset()
 
     def update(self, secrets: Iterable[str]) -> None:
-        # longest first, so a secret that contains another is blanked whole
-        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        values = {s for s in secrets if s}
+        short = frozenset(len(s) for s in values if len(s) < MIN_SECRET_LENGTH)
+        if short - self._warned:
+            logging.getLogger("figrelay.logs").warning(
+                "a configured credential has only %s characters: figrelay masks credentials of %d characters or more in its "
+                "logs and outputs, so this one is not; use a longer secret",
+                " or ".join(str(n) for n in sorted(short)), MIN_SECRET_LENGTH,
+            )
+        self._warned = short
+        self._masks = _Masks.build(part for value in values for part in secret_parts(value))
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+        masks = self._masks
+        return text if masks is None or not text else masks.redact(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
+        if self._masks is None:
             return True
         message = record.getMessage()
         if record.exc_info and not record.exc_text:

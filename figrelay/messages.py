@@ -202,6 +202,8 @@ def _describe(event: FigEvent, minimum: int | None) -> Message:
 
 
 MAX_DIGEST_LINES = 25
+"""The most events one chat message lists (Slack's and Teams' ``max_batch``): a longer burst is
+sent as several digests, so every event is shown and none is summed up as "… and N more"."""
 
 
 def digest(messages: Sequence[Message]) -> Message:
@@ -215,9 +217,7 @@ def digest(messages: Sequence[Message]) -> Message:
     if len(events) == 1:
         what = f"{what} ({next(iter(events))})"
     title = f"{client}: {what}" if client else what
-    lines = [f"• {m.title}" for m in messages[:MAX_DIGEST_LINES]]
-    if len(messages) > MAX_DIGEST_LINES:
-        lines.append(f"… and {len(messages) - MAX_DIGEST_LINES} more")
+    lines = [f"• {m.title}" for m in messages]  # every one: the dispatcher splits what a message cannot hold
     return Message(
         title=title,
         text="\n".join(lines),

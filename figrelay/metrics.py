@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder
 
 from .delivery import Delivered, Delivery, Failed, Outcome
 from .dispatch import DeliveryObserver
@@ -111,8 +111,15 @@ class Metrics(DeliveryObserver):
             self.dead.labels(client).set(dead)
             self.oldest.labels(client).set(max(0.0, now - oldest) if oldest is not None else 0)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition and its full Content-Type for a request's ``Accept`` header.
+
+        prometheus-client negotiates: OpenMetrics (ending ``# EOF``) for a scraper that asks for
+        ``application/openmetrics-text``, else the text format; the Content-Type carries the
+        version and charset the scraper needs to parse the answer, so it is passed on whole.
+        """
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
 
 
 def outcome_name(outcome: Outcome) -> str:

@@ -31,6 +31,7 @@ from .delivery import ClientContext, Target
 from .durations import parse_duration
 from .plugins import PluginRegistry
 from .rules import Rules
+from .wording import plural
 
 log = logging.getLogger("figrelay.reload")
 
@@ -242,7 +243,7 @@ def _shown(value: object) -> str:
 
 
 def _counts(config: Config) -> str:
-    return f"{len(config.clients)} clients, {len(config.hooks)} hooks"
+    return f"{plural(len(config.clients), 'client')}, {plural(len(config.hooks), 'hook')}"
 
 
 # --- waiting for a file to be written whole -----------------------------------------------------

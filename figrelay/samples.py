@@ -1,9 +1,12 @@
 """Sample events: realistic ones of each type (to check templates at load time, to preview
-messages) and the seven payloads of Fig's Test button (for ``figrelay test``)."""
+messages with ``figrelay test --samples`` and in docs/messages.md) and the seven payloads of
+Fig's Test button, exactly as Fig sends them (for ``figrelay test``)."""
 
 from __future__ import annotations
 
-from .events import ROUTES, FigEvent, parse_event
+from datetime import datetime, timezone
+
+from .events import ROUTES, FigDateTime, FigEvent, parse_event
 
 _SAMPLES: dict[str, list[dict[str, object]]] = {
     "ClientStatusChanged": [
@@ -52,19 +55,55 @@ def sample_events(route: str | None = None) -> list[FigEvent]:
 
 
 TEST_LINK = "https://localhost:7148/"
+"""Fig's own web address in its Test-button payloads (``Link``, and ``Uri`` for a SecurityEvent)."""
+
+_NOW = "<now>"
+"""Stands for the time of the test in the bodies below (``StartTime``, ``Timestamp``)."""
+
+# The bodies of Fig's Test button exactly as Fig's WebHookClientTestingService builds them (Fig
+# 4.0.0), in Fig's declaration order and in the order Fig sends them, so that ``figrelay test``
+# shows what the button will produce through figrelay. The odd values ("X", "server1",
+# "1.2.3.4") are Fig's own: they are what a receiver of the button's test will see.
+_TEST_BUTTON: dict[str, dict[str, object]] = {
+    "ClientStatusChanged": {
+        "ClientName": "Test", "Instance": None, "ConnectionEvent": 0, "StartTime": _NOW, "IpAddress": "192.168.1.1",
+        "Hostname": "localhost", "FigVersion": "X", "ApplicationVersion": "X", "Link": TEST_LINK, "IsTest": True,
+    },
+    "SettingValueChanged": {
+        "ClientName": "Test", "Instance": None, "UpdatedSettings": ["TestSetting"], "Username": "FigTester", "Link": TEST_LINK,
+        "ChangeMessage": "TestOnly", "IsTest": True,
+    },
+    "NewClientRegistration": {
+        "ClientName": "Test", "Instance": None, "Settings": ["TestSetting"], "RegistrationType": 0, "Link": TEST_LINK, "IsTest": True,
+    },
+    "UpdatedClientRegistration": {
+        "ClientName": "Test", "Instance": None, "Settings": ["TestSetting"], "RegistrationType": 1, "Link": TEST_LINK, "IsTest": True,
+    },
+    "MinRunSessions": {
+        "ClientName": "Test", "Instance": None, "RunSessions": 1, "RunSessionsEvent": 0, "Link": TEST_LINK, "IsTest": True,
+    },
+    "HealthStatusChanged": {
+        "ClientName": "Test", "Instance": None, "Hostname": "server1", "IpAddress": "1.2.3.4", "Status": 0, "FigVersion": "v1",
+        "ApplicationVersion": "v2", "HealthDetails": {"Status": 0, "Components": []}, "Link": TEST_LINK, "IsTest": True,
+    },
+    "SecurityEvent": {
+        "EventType": "Login", "Timestamp": _NOW, "Username": "testuser", "Success": True, "IpAddress": "192.168.1.1",
+        "Hostname": "testhost", "FailureReason": None, "Uri": TEST_LINK, "IsTest": True,
+    },
+}
 
 
-def test_button_events() -> list[FigEvent]:
-    """The seven payloads of Fig's Test button, in its order: IsTest true, ClientName "Test"."""
-    events = []
-    for route in ROUTES:
-        data = dict(_SAMPLES[route][0], IsTest=True)
-        if route == "SecurityEvent":
-            data.update(Uri=TEST_LINK, Username="Test")
-        else:
-            data.update(ClientName="Test", Link=TEST_LINK)
-        events.append(parse_event(route, data))
-    return events
+def test_button_events(now: datetime | None = None) -> list[FigEvent]:
+    """The seven payloads of Fig's Test button, exactly as Fig sends them and in its order; the
+    time fields hold ``now`` (default: the current time), as Fig's hold the time of the test."""
+    stamp = FigDateTime.from_datetime(now or datetime.now(timezone.utc)).text
+    return [parse_event(route, {k: stamp if v == _NOW else v for k, v in body.items()}) for route, body in _TEST_BUTTON.items()]
 
 
 test_button_events.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, despite its name
+
+
+def sample_test_events() -> list[FigEvent]:
+    """Every realistic sample marked ``IsTest``: a preview of what real events look like
+    (``figrelay test --samples``) that each target still shows as a test, so nobody acts on it."""
+    return [parse_event(e.route, dict(e.to_wire(), IsTest=True)) for e in sample_events()]

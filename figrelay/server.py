@@ -1,8 +1,10 @@
 """The HTTP side of the intake: Fig's seven routes, authentication, limits, and health.
 
 Every refusal is a 4xx with a JSON body ``{"error": ..., "message": ...}`` that says what is
-wrong and how to fix it. Nothing a client sends produces a 500; a 503 means figrelay could not
-store the event (the sender should retry, as Fig will not).
+wrong and how to fix it, and one WARNING line in the log (``RefusalLog``: at most one per reason
+and peer per 10 s, then a count). Nothing a client sends produces a 500; a 503 means figrelay
+could not store the event (the sender should retry, as Fig will not). No answer carries a
+configured credential: every JSON answer and /metrics pass through the log's redactor.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,7 +27,8 @@ from aiohttp.web_protocol import RequestHandler
 from .connections import track_requests
 from .events import ROUTES, EventError, parse_event_body
 from .intake import Intake
-from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .logs import OncePerKey, redactor
+from .metrics import Metrics
 from .outbox import Outbox, OutboxError, UnstorableError
 from .reload import ConfigHolder
 
@@ -45,13 +50,111 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def _json_text(value: Any) -> str:
     # A refusal may quote header bytes that are not UTF-8 (aiohttp hands them on as lone
-    # surrogates), which cannot be encoded: they are written as U+FFFD.
-    return _LONE_SURROGATE.sub("\ufffd", json.dumps(value, ensure_ascii=False))
+    # surrogates), which cannot be encoded: they are written as U+FFFD. Any configured credential
+    # (in an outbox error on /readyz, a reload's problems) is masked, in whatever form it is there.
+    return redactor.redact(_LONE_SURROGATE.sub("\ufffd", json.dumps(value, ensure_ascii=False)))
+
+
+def _redacted(body: bytes) -> bytes:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:  # not text: no credential can be read in it either
+        return body
+    clean = redactor.redact(text)
+    return body if clean is text else clean.encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """What a refused request was told: the JSON answer's error code and message."""
+
+    error: str
+    message: str
+
+
+REFUSAL = web.ResponseKey("refusal", Refusal)
 
 
 def error_response(status: int, error: str, message: str, **extra: Any) -> web.Response:
     body = {"error": error, "message": message, **extra}
-    return web.json_response(body, status=status, dumps=_json_text)
+    response = web.json_response(body, status=status, dumps=_json_text)
+    response[REFUSAL] = Refusal(error, message)  # for the refusal's log line (json_errors)
+    return response
+
+
+REFUSAL_LOG_WINDOW = 10.0
+
+
+class RefusalLog:
+    """Logs each refused request as one WARNING line with the route, the peer and the reason (the
+    error code and the message it was answered): a wrong secret is the most common Fig
+    misconfiguration, and without a line it would only show in a metric. A flood cannot fill the
+    journal: at most one line per (status, error, peer) per ``window`` seconds; the others are
+    counted, and reported in one line when the window is over (or at shutdown). ``clock`` is
+    injectable for tests."""
+
+    def __init__(self, window: float = REFUSAL_LOG_WINDOW, clock: Callable[[], float] = time.monotonic, logger: logging.Logger = log) -> None:
+        self._limit = OncePerKey(window, clock)
+        self._log = logger
+        self._timer: asyncio.TimerHandle | None = None
+
+    def refused(self, what: str, peer: str, status: int, error: str, message: str) -> None:
+        """``what`` is the request (``POST /SettingValueChanged``); ``peer`` its address."""
+        held = self._limit.admit((status, error, peer))
+        if held is None:
+            self._summarise_later()
+            return
+        note = f" ({held} more like it from this peer within {self._limit.window:g}s were not logged one by one)" if held else ""
+        # the status and error code are figrelay's own words: in the template, each reason is a
+        # kind of its own for the handler's RepeatLimiter; the sender's words are arguments, escaped
+        self._log.warning(f"refused %s from %s: {status} {_template_safe(error)}: %s%s", what, peer, message, note)
+
+    def summarise(self, final: bool = False) -> None:
+        """Log the counts of windows that are over; with ``final``, of all windows."""
+        for key, count in self._limit.drain() if final else self._limit.due():
+            requests = f"{count} more request{'s' if count != 1 else ''}"
+            if key is None:
+                self._log.warning("refused %s from other peers, not logged one by one (too many peers to count apart)", requests)
+                continue
+            status, error, peer = key  # type: ignore[misc]
+            self._log.warning(
+                f"refused %s from %s with {status} {_template_safe(error)} within %gs of the one logged, not logged one by one",
+                requests, peer, self._limit.window,
+            )
+
+    def close(self) -> None:
+        """Stop the timer and log every count still held."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.summarise(final=True)
+
+    def _summarise_later(self) -> None:
+        if self._timer is not None:
+            return
+        delay = self._limit.next_due()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a unit test): summarise() is called by hand
+            return
+        if delay is not None:
+            self._timer = loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.summarise()
+        self._summarise_later()
+
+
+def _template_safe(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+REFUSALS = web.AppKey("refusals", RefusalLog)
+
+
+def _peer(request: web.BaseRequest) -> str:
+    return request.remote or "a unix socket client"
 
 
 def _route_of(path: str) -> str | None:
@@ -62,6 +165,16 @@ def _route_of(path: str) -> str | None:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Answers every refusal as JSON, and logs it: the one place where refusals reach the log, so
+    that none is missed (requests that never reach the application: IntakeRequestHandler)."""
+    response = await _answer(request, handler)
+    if 400 <= response.status < 500:
+        refusal = response.get(REFUSAL) or Refusal(response.reason or "refused", "")
+        request.app[REFUSALS].refused(f"{request.method} {request.path}", _peer(request), response.status, refusal.error, refusal.message)
+    return response
+
+
+async def _answer(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPNotFound:
@@ -93,7 +206,7 @@ class BodyNotReceived(Exception):
 async def _read_limited(request: web.Request, limit: int, timeout: float) -> bytes | None:
     """The body, or None when it is longer than ``limit`` bytes. Raises BodyNotReceived when it
     takes more than ``timeout`` seconds in all (a Content-Length longer than the body ends so)
-    or the client leaves: one WARNING line each, no traceback."""
+    or the client leaves; json_errors logs the refusal, without a traceback."""
     if request.content_length is not None and request.content_length > limit:
         return None
     chunks: list[bytes] = []
@@ -110,10 +223,6 @@ async def _read_limited(request: web.Request, limit: int, timeout: float) -> byt
                     return None
                 chunks.append(chunk)
     except TimeoutError:
-        log.warning(
-            "%s %s from %s: %s of %s bytes of the body arrived within %gs (intake.body_timeout); answered 408",
-            request.method, request.path, request.remote, size, expected, timeout,
-        )
         response = error_response(
             408, "body_timeout",
             f"the request body did not arrive within {timeout:g}s (intake.body_timeout): got {size} of {expected} bytes; "
@@ -128,7 +237,6 @@ async def _read_limited(request: web.Request, limit: int, timeout: float) -> byt
             what = f"the client closed the connection after {size} of {expected} bytes of the body"
         else:
             what = f"the body is cut short or malformed after {size} bytes ({exc})"
-        log.warning("%s %s from %s: %s; nothing was stored", request.method, request.path, request.remote, what)
         response = error_response(400, "incomplete_body", f"{what}; nothing was stored")
         response.force_close()
         raise BodyNotReceived("incomplete_body", response) from None
@@ -233,7 +341,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks["config_loaded"] = holder.loaded
     checks["last_reload_successful"] = holder.last_reload_ok
     ready = checks["listening"] and checks["outbox_writable"] and checks["config_loaded"]
-    return web.json_response({"status": "ready" if ready else "not_ready", **checks}, status=200 if ready else 503)
+    return web.json_response({"status": "ready" if ready else "not_ready", **checks}, status=200 if ready else 503, dumps=_json_text)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -247,9 +355,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics.set_outbox(stats, list(app[HOLDER].current.config.clients))
     metrics.outbox_writable.set(1 if app[OUTBOX].health.writable else 0)
     metrics.sessions.set(app[INTAKE].sessions.total())
-    response = web.Response(body=metrics.render())
-    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-    return response
+    body, content_type = metrics.render(request.headers.get("Accept"))
+    body = _redacted(body)  # labels are config values: a client name must not show a credential
+    # set as a header, whole: aiohttp's content_type= would drop "version=...; charset=utf-8"
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def _is_local(request: web.Request) -> bool:
@@ -270,7 +379,9 @@ async def reload_config(request: web.Request) -> web.Response:
         return error_response(403, "forbidden", "reload is allowed from this machine (loopback or unix socket) or with the intake secret")
     result = await holder.reload("POST /-/reload")
     if result.applied:
-        return web.json_response({"applied": True, "summary": result.summary, "removed_clients": list(result.removed_clients)})
+        return web.json_response(
+            {"applied": True, "summary": result.summary, "removed_clients": list(result.removed_clients)}, dumps=_json_text
+        )
     return error_response(
         422, "config_rejected", "the new configuration is invalid; the previous one keeps running",
         applied=False, problems=[str(p) for p in result.problems],
@@ -291,6 +402,8 @@ def create_app(intake: Intake, holder: ConfigHolder, ready: Callable[[], bool], 
     app[READY] = ready
     app[OUTBOX] = outbox
     app[METRICS] = metrics
+    app[REFUSALS] = RefusalLog()
+    app.cleanup_ctx.append(_refusal_counts)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -298,6 +411,11 @@ def create_app(intake: Intake, holder: ConfigHolder, ready: Callable[[], bool], 
     app.router.add_post("/{path:.*}", receive_event)
     app.router.add_route("*", "/{path:.*}", other_method)
     return app
+
+
+async def _refusal_counts(app: web.Application) -> AsyncIterator[None]:
+    yield
+    app[REFUSALS].close()  # the counts still held are logged before the daemon stops
 
 
 # --- answers for requests that never reach a route ------------------------------------------------
@@ -317,25 +435,32 @@ def _http_problem(exc: HttpProcessingError) -> str:
 class IntakeRequestHandler(RequestHandler):
     """aiohttp's protocol for one connection, with figrelay's answer to a request that never
     reached a route: a JSON body like every other refusal, and a sender's mistake logged as one
-    WARNING line (aiohttp logs an ERROR with a traceback for each)."""
+    WARNING line through the same RefusalLog as the application's refusals (aiohttp logs an ERROR
+    with a traceback for each)."""
+
+    refusals: RefusalLog  # set by _IntakeServer; kept here since aiohttp drops its server reference when the peer leaves
 
     def handle_error(
         self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:  # as aiohttp: a half-sent answer cannot become another one
             raise ConnectionError("Response is sent already, cannot send another response with the error message")
-        peer = request.remote or "a unix socket client"
+        peer = _peer(request)
+        refusals = self.refusals
         if isinstance(exc, HttpProcessingError):
             status = exc.code if 400 <= exc.code < 500 else 400
             problem = _http_problem(exc)
-            log.warning("refused a request from %s that is not valid HTTP/1.1 (answered %d): %s", peer, status, problem)
             response = error_response(status, "bad_request", f"the request is not valid HTTP/1.1: {problem}; send a well-formed HTTP/1.1 request")
+            refusals.refused("a malformed request", peer, status, "bad_request", f"the request is not valid HTTP/1.1: {problem}")
         elif isinstance(exc, ConnectionError):
-            log.warning("%s closed the connection during its request: %s", peer, exc)
             response = error_response(400, "connection_lost", "the connection was closed during the request")
+            refusals.refused("a request", peer, 400, "connection_lost", f"the client closed the connection during its request ({exc})")
         elif exc is None and status != 500:
-            log.warning("a request from %s ended with %d: %s", peer, status, message or "no detail")
             response = error_response(status, "request_failed", message or "the request could not be handled; try again")
+            if 400 <= status < 500:
+                refusals.refused("a request", peer, status, "request_failed", message or "no detail")
+            else:
+                log.warning("a request from %s ended with %d: %s", peer, status, message or "no detail")
         else:
             log.error("error handling a request from %s", peer, exc_info=exc)
             response = error_response(500, "internal_error", "figrelay failed to handle the request; this is a bug: report it with figrelay's log")
@@ -346,8 +471,13 @@ class IntakeRequestHandler(RequestHandler):
 class _IntakeServer(web.Server):
     """aiohttp's protocol factory, making IntakeRequestHandler protocols."""
 
+    refusals: RefusalLog
+    """Where its connections log the requests they refuse: the application's own RefusalLog."""
+
     def __call__(self) -> RequestHandler:
-        return IntakeRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = IntakeRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.refusals = self.refusals
+        return handler
 
 
 class IntakeRunner(web.AppRunner):
@@ -356,6 +486,7 @@ class IntakeRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # The application builds its own web.Server; only the protocol it makes differs, and
-        # _IntakeServer adds no state, so the built server takes the subclass as it is.
+        # _IntakeServer adds one attribute, so the built server takes the subclass as it is.
         server.__class__ = _IntakeServer
+        server.refusals = self.app.get(REFUSALS) or RefusalLog()  # type: ignore[attr-defined]
         return server

@@ -802,7 +802,7 @@ def test_parse_config_directly(registry: PluginRegistry, tmp_path: Path) -> None
     assert config.path == tmp_path / "x.yaml"
     assert config.state_dir == tmp_path.resolve() / "state"
     assert [h.client for h in config.hooks] == ["console"]
-    assert "1 clients, 1 hooks" in config.summary()
+    assert "1 client, 1 hook," in config.summary()
 
 
 # --- message templates and the core's client keys -------------------------------------------------
@@ -876,3 +876,128 @@ def test_template_problems_are_config_errors(tmp_path: Path) -> None:
     assert f"{path}:8: clients[1].title: the 'http' client type sends events as they are, not messages" in text
     assert f"{path}:11: hooks[1].text: bad template: template syntax error" in text
     assert f"{path}:12: hooks[2].text: bad template: fails on a sample SettingValueChanged event: UndefinedError: 'Usrname' is undefined" in text
+
+
+# --- credentials the command does not need (need_credentials=False) -------------------------------
+
+CREDENTIALS_CONFIG = """
+listen: 0.0.0.0:8970
+intake:
+  secret: "${file:${CREDENTIALS_DIRECTORY}/fig-secret}"
+clients:
+  - name: siem
+    type: http
+    base_uri: https://siem.example.com/fig/
+    secret: "${file:${CREDENTIALS_DIRECTORY}/siem-secret}"
+  - name: console
+    type: log
+hooks:
+  - {event: SecurityEvent, client: siem}
+  - {event: SecurityEvent, client: console}
+"""
+
+
+def test_a_missing_credentials_directory_is_one_precise_problem_per_value(cfg: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    err = cfg.error(CREDENTIALS_CONFIG)
+    assert [(p.line, p.key) for p in err.problems] == [(3, "intake.secret"), (8, "clients[0].secret")]
+    p = err.problems[1]
+    assert_problem(
+        p, 8, "clients[0].secret", "${file:${CREDENTIALS_DIRECTORY}/siem-secret} is a systemd credential, but CREDENTIALS_DIRECTORY is not set",
+        "LoadCredential=siem-secret:/etc/figrelay/credentials/siem-secret", "systemd-run --pipe", "set CREDENTIALS_DIRECTORY to a folder",
+        "docs/operations.md",
+    )
+
+
+def test_a_credential_the_unit_does_not_load_says_how_to_load_it(cfg: Loader, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "fig-secret").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    p = cfg.problem(CREDENTIALS_CONFIG, "clients[0].secret")
+    assert_problem(p, 8, "clients[0].secret", f"cannot read {creds / 'siem-secret'}", "LoadCredential=siem-secret:", "systemctl edit figrelay")
+    (creds / "siem-secret").write_text("downstream\n")
+    assert cfg.load(CREDENTIALS_CONFIG).clients["siem"].options.secret.get_secret_value() == "downstream"
+
+
+def test_without_need_credentials_unresolved_client_options_and_intake_secret_are_set_aside(
+    cfg: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    config = load_config(cfg.write(CREDENTIALS_CONFIG), cfg.registry, need_credentials=False)
+    assert set(config.clients) == {"siem", "console"}
+    assert config.clients["siem"].options is None and config.clients["siem"].type == "http"
+    assert config.clients["console"].options is not None
+    assert [h.client for h in config.hooks] == ["siem", "console"]
+    # the intake still requires a secret: no "no secret is configured" problem for 0.0.0.0
+    assert config.intake.secret is None
+    [intake] = config.unresolved_under("intake")
+    assert_problem(intake, 3, "intake.secret", "CREDENTIALS_DIRECTORY is not set")
+    [siem] = config.unresolved_under("clients", 0)
+    assert_problem(siem, 8, "clients[0].secret", "CREDENTIALS_DIRECTORY is not set")
+    assert config.unresolved_under("clients", 1) == []
+
+
+def test_without_need_credentials_what_commands_use_is_still_checked(cfg: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    text = CREDENTIALS_CONFIG.replace("listen: 0.0.0.0:8970", "listen: 0.0.0.0:8970\nstate_dir: ${FR_TEST_UNSET}") + (
+        "  - {event: SecurityEvent, client: nosuch}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg.write(text), cfg.registry, need_credentials=False)
+    assert [(p.line, p.key) for p in err.value.problems] == [(2, "state_dir"), (15, "hooks[2].client")]
+    # an option the plugin rejects is still an error when every value in it resolved
+    text = CREDENTIALS_CONFIG.replace("    base_uri: https://siem.example.com/fig/\n", "    base_uri: ftp://siem\n").replace(
+        '    secret: "${file:${CREDENTIALS_DIRECTORY}/siem-secret}"\n', ""
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg.write(text), cfg.registry, need_credentials=False)
+    assert [p.key for p in err.value.problems] == ["clients[0].base_uri"]
+
+
+# --- YAML mistakes people make ---------------------------------------------------------------------
+
+
+def test_a_tab_in_yaml_says_use_spaces(cfg: Loader) -> None:
+    for text, line in (("clients:\n\t- name: a\n", 2), ("intake:\n  forward_test_events: true\n\tmax_body_bytes: 2048\n", 3)):
+        [p] = cfg.error(text).problems
+        assert p.line == line and "not valid YAML" in p.message and "use spaces for indentation, not tabs" in p.message, p
+
+
+def test_an_unquoted_star_value_says_quote_it(cfg: Loader) -> None:
+    cases = (
+        ("  - event: SecurityEvent\n    client: console\n    client_regex: *Api\n", "'*Api'"),
+        ("  - {event: SecurityEvent, client: console, client_regex: *Api}\n", "'*Api'"),
+        ("  - event: SecurityEvent\n    client: console\n    client_regex: *.Api$   # ends with Api\n", "'*.Api$'"),
+    )
+    for hook, quoted in cases:
+        [p] = cfg.error(BASE + hook).problems
+        assert p.line == BASE.count("\n") + hook.count("\n") - 1, p
+        assert "not valid YAML" in p.message and f"a value that starts with '*' is a YAML alias: quote it: {quoted}" in p.message, p
+
+
+# --- durations ------------------------------------------------------------------------------------
+
+
+def test_a_negative_duration_is_negative_not_unknown(cfg: Loader) -> None:
+    for value in ("-5s", "-1h30m", "-5", "'-250ms'"):
+        p = cfg.problem(f"delivery:\n  backoff_base: {value}\n", "delivery.backoff_base")
+        assert_problem(p, 2, "delivery.backoff_base", "must not be negative")
+        assert "not a duration" not in p.message
+    with pytest.raises(ValueError, match="must not be negative, got '-5s'"):
+        parse_duration("-5s")
+    with pytest.raises(ValueError, match=re.escape("not a duration; write e.g. 250ms, 30s")):
+        parse_duration("5 parsecs")
+
+
+def test_every_duration_unit_is_accepted_and_documented() -> None:
+    from figrelay.durations import UNITS
+
+    assert parse_duration("250ms") == 0.25 and parse_duration("1d2h3m4s5ms") == 86400 + 7200 + 180 + 4.005
+    for doc in (REPO / "README.md", REPO / "config.example.yaml"):
+        # the paragraph that describes durations, wherever it is
+        text = doc.read_text()
+        start = text.index("Durations ")
+        described = text[start : text.index("\n\n", start)]
+        for unit in UNITS:  # an example of each: "250ms" shows ms (and not m or s), "1h30m" shows h and m
+            assert re.search(rf"\d{unit}(?![a-z])", described), f"{doc.name} does not show the duration unit {unit!r}: {described!r}"

@@ -494,3 +494,18 @@ def test_backoff_is_full_jitter_capped_and_honours_retry_after():
 
 def test_severity_order():
     assert max([Severity.GOOD, Severity.CRITICAL, Severity.INFO]) is Severity.CRITICAL
+
+
+async def test_a_burst_larger_than_max_batch_goes_as_several_paced_digests(outbox):
+    target = Recorder(Retry("HTTP 503"))  # the first part fails once: only its rows wait
+    routing = Routing(SETTINGS, {"chat": ClientRoute(target, coalesce=0.3, min_interval=0.05, renders_messages=True, max_batch=25)}, {0: hook(0)})
+    dispatcher = Dispatcher(outbox, routing)
+    ids = await accept(outbox, dispatcher, 60, schedule=False)
+    dispatcher.schedule((i, "chat", time.time()) for i in ids)  # one burst: one group of 60
+    await _drained(outbox)
+    sizes = [len(d.deliveries) for _, d in target.sent]
+    assert sizes == [25, 25, 25, 10], sizes
+    assert [d.id for d in target.sent[0][1].deliveries] == [d.id for d in target.sent[1][1].deliveries] == ids[:25]
+    assert [x.id for _, d in target.sent[1:] for x in d.deliveries] == ids, "every event, in order, none left out"
+    assert all(b[0] - a[0] >= 0.045 for a, b in zip(target.sent, target.sent[1:], strict=False)), "paced like any send"
+    await run(dispatcher)

@@ -268,7 +268,7 @@ async def test_a_removed_client_s_deliveries_wait_for_its_return(daemon_factory,
     gone.responder = lambda r: web.Response(status=200)
     mark = len(d.lines)
     write_config(d.config_path, with_gone.replace("backoff_base: 30s", "backoff_base: 0.05s"))
-    await d.wait_for_log(r"client gone is configured again: resuming its 1 waiting deliveries", start=mark)
+    await d.wait_for_log(r"client gone is configured again: resuming its waiting 1 delivery", start=mark)
     await wait_until(lambda: [r.json["Username"] for r in gone.requests if r.json].count("first") >= 2, what="the delivery after the return")
     await wait_until(lambda: outbox_rows(d.config_path.parent) == [])
 
@@ -280,7 +280,7 @@ async def test_a_removed_client_s_deliveries_wait_for_its_return(daemon_factory,
     write_config(d.config_path, without)
     await d.wait_for_log(r"client 'gone' was removed", start=mark)
     code, out, _ = await afigrelay("deliveries", "purge", "--client", "gone", "--config", str(d.config_path))
-    assert code == 0 and "1 pending deliveries of removed client 'gone' deleted" in out, out
+    assert code == 0 and "1 pending delivery of removed client 'gone' deleted" in out, out
     assert outbox_rows(d.config_path.parent) == []
 
 

@@ -23,6 +23,7 @@ def test_example_as_shipped_is_valid_and_relays_to_the_log_client():
 def test_every_commented_example_is_valid_once_uncommented(tmp_path, monkeypatch):
     monkeypatch.setenv("SIEM_SECRET", "siem-secret")
     monkeypatch.setenv("SIEM_SIGNING_KEY", "whsec_c2lnbmluZy1rZXk=")
+    monkeypatch.setenv("SIEM_AUTH", "siem-auth-value")
     monkeypatch.setenv("SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T000/B000/XXXX")
     monkeypatch.setenv("TEAMS_WORKFLOW_URL", "https://prod-00.westeurope.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?sig=x")
     monkeypatch.setenv("SMTP_PASSWORD", "pw")

@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,8 +18,8 @@ import pytest
 from aiohttp import web
 
 from conftest import event, wait_until
-from figrelay.logs import EscapeControls, JsonLines, RepeatLimiter, escape_controls, make_handler, redactor
-from figrelay.server import IntakeRunner
+from figrelay.logs import EscapeControls, JsonLines, OncePerKey, RepeatLimiter, escape_controls, make_handler, redactor
+from figrelay.server import IntakeRunner, RefusalLog
 from test_e2e import daemon_config
 
 # --- escaping -------------------------------------------------------------------------------------
@@ -316,3 +317,126 @@ async def test_intake_runner_answers_json_and_logs_one_line(caplog: pytest.LogCa
     assert [(r.name, r.levelname) for r in server] == [("figrelay.server", "WARNING"), ("figrelay.server", "ERROR")]
     assert server[0].exc_info is None and "not valid HTTP/1.1" in server[0].getMessage()
     assert server[1].exc_info is not None  # a bug keeps its traceback
+
+
+# --- refused requests: one line per reason and peer per window --------------------------------------
+
+
+def test_once_per_key_writes_one_line_per_key_and_window_and_counts_the_rest() -> None:
+    clock = Clock()
+    limit = OncePerKey(window=10, clock=clock)
+    assert limit.admit((401, "10.0.0.1")) == 0
+    assert [limit.admit((401, "10.0.0.1")) for _ in range(49)] == [None] * 49
+    assert limit.admit((401, "10.0.0.2")) == 0 and limit.admit((404, "10.0.0.1")) == 0  # another peer, another reason
+    assert limit.due() == [] and limit.next_due() == 10
+    clock.now += 9.9
+    assert limit.admit((401, "10.0.0.1")) is None
+    clock.now += 0.1
+    assert limit.due() == [((401, "10.0.0.1"), 50)]
+    assert limit.due() == [] and limit.next_due() is None
+    assert limit.admit((401, "10.0.0.1")) == 0  # a new window: written at once
+
+
+def test_once_per_key_reports_the_count_on_the_next_line_when_no_summary_was_written() -> None:
+    clock = Clock()
+    limit = OncePerKey(window=10, clock=clock)
+    assert limit.admit("k") == 0 and limit.admit("k") is None and limit.admit("k") is None
+    clock.now += 10
+    assert limit.admit("k") == 2 and limit.due() == []
+
+
+def test_once_per_key_keeps_a_bounded_number_of_keys_and_still_counts() -> None:
+    limit = OncePerKey(window=10, clock=Clock(), max_keys=3)
+    for peer in range(5):
+        assert limit.admit(peer) == 0 and limit.admit(peer) is None
+    assert len(limit._keys) == 3
+    assert limit.drain() == [(2, 1), (3, 1), (4, 1), (None, 2)]
+    assert limit.drain() == []
+
+
+def test_refusal_log_writes_a_line_per_reason_and_peer_then_the_count(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    refusals = RefusalLog(window=10, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="figrelay.server"):
+        for _ in range(50):
+            refusals.refused("POST /SettingValueChanged", "10.0.0.1", 401, "unauthorized", "wrong secret in 'Authorization: Secret <secret>'")
+        refusals.refused("GET /nope", "10.0.0.1", 404, "not_found", "no route /nope")
+        refusals.summarise()  # the window is not over: nothing to say yet
+        clock.now += 10
+        refusals.summarise()
+        refusals.refused("POST /SettingValueChanged", "10.0.0.1", 401, "unauthorized", "wrong secret")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "refused POST /SettingValueChanged from 10.0.0.1: 401 unauthorized: wrong secret in 'Authorization: Secret <secret>'"),
+        ("WARNING", "refused GET /nope from 10.0.0.1: 404 not_found: no route /nope"),
+        ("WARNING", "refused 49 more requests from 10.0.0.1 with 401 unauthorized within 10s of the one logged, not logged one by one"),
+        ("WARNING", "refused POST /SettingValueChanged from 10.0.0.1: 401 unauthorized: wrong secret"),
+    ]
+
+
+def test_refusal_log_writes_what_it_still_holds_when_closed(caplog: pytest.LogCaptureFixture) -> None:
+    refusals = RefusalLog(window=10, clock=Clock())
+    with caplog.at_level(logging.WARNING, logger="figrelay.server"):
+        for _ in range(3):
+            refusals.refused("a malformed request", "10.0.0.9", 400, "bad_request", "the request is not valid HTTP/1.1")
+        refusals.close()
+    assert caplog.records[-1].getMessage() == (
+        "refused 2 more requests from 10.0.0.9 with 400 bad_request within 10s of the one logged, not logged one by one"
+    )
+
+
+async def test_refusal_log_writes_the_count_when_the_window_is_over_without_another_refusal(caplog: pytest.LogCaptureFixture) -> None:
+    refusals = RefusalLog(window=0.05)
+    with caplog.at_level(logging.WARNING, logger="figrelay.server"):
+        for _ in range(5):
+            refusals.refused("POST /SecurityEvent", "10.0.0.1", 413, "payload_too_large", "the body is larger than 1024 bytes")
+        await wait_until(lambda: any("4 more requests" in r.getMessage() for r in caplog.records), what="the count of held-back refusals")
+        refusals.close()
+    assert len(caplog.records) == 2
+
+
+def refusal_lines(d: Any, status: int) -> list[str]:
+    return [line for line in d.lines if re.search(rf"WARNING +figrelay\.server: refused .* {status} ", line)]
+
+
+async def test_a_wrong_secret_is_one_warning_naming_the_route_the_peer_and_the_reason(daemon_factory: Any) -> None:
+    d = await daemon_factory(log_config())
+    status, payload = await d.post("SettingValueChanged", event("SettingValueChanged"), {"Authorization": "Secret not-the-secret"})
+    assert status == 401, payload
+    line = (await d.wait_for_log(r"WARNING .*refused .* 401 ")).string
+    assert "refused POST /SettingValueChanged from 127.0.0.1: 401 unauthorized: wrong secret" in line
+    assert "not-the-secret" not in d.log
+    assert len(refusal_lines(d, 401)) == 1
+
+
+async def test_every_kind_of_refusal_is_logged(daemon_factory: Any) -> None:
+    d = await daemon_factory(log_config().replace("intake:\n", "intake:\n  max_body_bytes: 1024\n"))
+    sends = [
+        ("POST", "/SettingValueChanged", b"{}", {}, 401, "unauthorized"),
+        ("POST", "/SettingValueChanged", b"{", AUTH, 400, "invalid_event"),
+        ("POST", "/Nope", b"{}", AUTH, 404, "not_found"),
+        ("GET", "/SettingValueChanged", None, {}, 405, "method_not_allowed"),
+        ("POST", "/SettingValueChanged", b"x" * 2000, AUTH, 413, "payload_too_large"),
+        ("POST", "/SettingValueChanged", b"{}", {**AUTH, "Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+    ]
+    for method, path, body, headers, status, error in sends:
+        assert (await d.request(method, path, body, headers))[0] == status
+        line = (await d.wait_for_log(rf"WARNING .*refused {method} {path} from 127\.0\.0\.1: {status} {error}: ")).string
+        assert line.split(f"{status} {error}: ", 1)[1], f"the line gives no reason: {line}"
+
+
+async def test_a_flood_of_refusals_from_one_peer_is_a_bounded_number_of_lines_and_a_count(daemon_factory: Any) -> None:
+    d = await daemon_factory(log_config())
+    started = time.monotonic()
+    for _ in range(50):
+        assert (await d.post("SettingValueChanged", event("SettingValueChanged"), {"Authorization": "Secret wrong"}))[0] == 401
+    elapsed = time.monotonic() - started
+    assert await d.stop() == 0  # held-back counts are written at the latest when the daemon stops
+    lines = refusal_lines(d, 401)
+    text = "\n".join(lines)
+    one_by_one = [line for line in lines if "refused POST /SettingValueChanged from 127.0.0.1: 401 unauthorized: wrong secret" in line]
+    noted = sum(int(m.group(1)) for line in one_by_one if (m := re.search(r"\((\d+) more like it from this peer", line)))
+    summed = sum(int(m.group(1)) for line in lines if (m := re.search(r"refused (\d+) more requests? from 127\.0\.0\.1 with 401 unauthorized", line)))
+    assert len(one_by_one) + noted + summed == 50, f"every refusal is logged or counted:\n{text}"
+    assert summed > 0, f"a line says how many were not logged one by one:\n{text}"
+    # at most one line and one count per 10 s window, however many requests
+    assert len(lines) <= 2 * (1 + int(elapsed // 10)), text

@@ -3,9 +3,11 @@ the reload endpoint, JSON logs, and the operator's commands, all against a real 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from conftest import REPO, Daemon, event, wait_until, write_config
-from test_e2e import AUTH, SECRET, all_routes_to, outbox_rows, relay_config
+from test_e2e import AUTH, HASHED, SECRET, all_routes_to, daemon_config, outbox_rows, relay_config
 
 PLAIN = f"  secret: {SECRET}"
 
@@ -29,9 +31,10 @@ def figrelay(*args: str, stdin: bytes | None = None, env: dict[str, str] | None 
     )
 
 
-async def afigrelay(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+async def afigrelay(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "figrelay", *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "figrelay", *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
     return proc.returncode or 0, out.decode(), err.decode()
@@ -67,7 +70,7 @@ async def test_sd_notify_ready_reloading_watchdog_stopping(daemon_factory, recei
     d = await daemon_factory(relay_config({"siem": receiver}, all_routes_to("siem")), env=env)
     await wait_until(lambda: notify.seen("READY=1"))
     ready = next(m for m in notify.messages if "READY=1" in m)
-    assert "STATUS=serving" in ready and "1 clients" in ready
+    assert "STATUS=serving" in ready and "1 client," in ready
     await wait_until(lambda: sum(m == "WATCHDOG=1" for m in notify.drain()) >= 2, what="watchdog pings every WatchdogSec/2")
 
     notify.messages.clear()
@@ -142,7 +145,7 @@ async def test_health_readiness_and_metrics(daemon_factory, receiver_factory):
     await wait_until(lambda: len(good.requests) == 1 and len(bad.requests) == 1)
     await d.wait_for_log("failed for good")
     status, text, headers = await d.request("GET", "/metrics")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert status == 200 and headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     expected = [
         'figrelay_events_received_total{event="SecurityEvent",outcome="accepted"} 1.0',
         'figrelay_events_received_total{event="SecurityEvent",outcome="invalid"} 1.0',
@@ -292,20 +295,155 @@ async def test_deliveries_list_retry_and_purge_against_a_running_daemon(daemon_f
 
     answers["status"] = 200
     code, out, _ = await afigrelay("deliveries", "retry", alice, "--config", config)
-    assert code == 0 and "1 dead letters are pending again" in out
+    assert code == 0 and "1 dead letter is pending again; a running figrelay picks it up" in out
     await wait_until(lambda: len(receiver.requests) == 3, what="the running daemon delivering the revived letter")
     await wait_until(lambda: [row[0] for row in outbox_rows(d.config_path.parent)] == [bob], what="the delivered letter gone from the outbox")
 
+    # ids that are not dead letters: each says why nothing was done
+    code, out, _ = await afigrelay("deliveries", "retry", alice, "not-an-id", "--config", config)
+    assert code == 1 and "pending again" not in out
+    assert f"{alice}: not in the outbox: it was delivered already, or purged" in out
+    assert "not-an-id: unknown id: a delivery id is 32 hex digits" in out
+    code, out, _ = await afigrelay("deliveries", "purge", alice, "--config", config)
+    assert code == 1 and f"{alice}: not in the outbox" in out
+
+    # --client NAME with nothing to do says so, and whether the client is configured
+    code, out, _ = await afigrelay("deliveries", "purge", "--client", "siemm", "--config", config)
+    assert code == 1
+    assert "client 'siemm' is not in the configuration and has no deliveries in the outbox: nothing to purge" in out
+    assert "(configured clients: siem); did you mean 'siem'?" in out
+
     code, out, _ = await afigrelay("deliveries", "purge", "--all-dead", "--config", config)
-    assert code == 0 and "1 dead letters deleted" in out
+    assert code == 0 and "1 dead letter deleted" in out
     assert outbox_rows(d.config_path.parent) == []
+    code, out, _ = await afigrelay("deliveries", "purge", "--client", "siem", "--config", config)
+    assert code == 1 and "client 'siem' has no dead letters: nothing to purge" in out
+    code, out, _ = await afigrelay("deliveries", "retry", "--all-dead", "--config", config)
+    assert code == 1 and "no dead letters: nothing to retry" in out
     code, _, err = await afigrelay("deliveries", "retry", "--config", config)
     assert code == 2 and "--all-dead" in err
 
 
 def test_every_command_has_help_with_examples():
-    for command in ("run", "check", "plugins", "test", "send", "matches", "deliveries"):
+    from figrelay.cli import build_parser
+
+    [commands] = [a.choices for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert {"run", "check", "plugins", "test", "send", "matches", "deliveries"} <= set(commands)
+    for command in commands:  # every command the parser has, so a new one cannot come without examples
         result = figrelay(command, "--help")
         assert result.returncode == 0 and "usage: figrelay" in result.stdout
-    for command in ("test", "send", "matches", "deliveries"):
-        assert "example" in figrelay(command, "--help").stdout
+        examples = result.stdout.split("examples:", 1)
+        assert len(examples) == 2 and f"figrelay {command}" in examples[1], f"`figrelay {command} --help` shows no examples"
+
+
+# --- /metrics content negotiation ----------------------------------------------------------------
+
+
+async def test_metrics_negotiate_the_format_and_keep_the_whole_content_type(daemon_factory, receiver):
+    d = await daemon_factory(relay_config({"siem": receiver}, all_routes_to("siem"), intake=PLAIN))
+    await d.post("SecurityEvent", event("SecurityEvent"), AUTH)
+    await wait_until(lambda: len(receiver.requests) == 1)
+
+    status, text, headers = await d.request("GET", "/metrics", headers={"Accept": "text/plain"})
+    assert status == 200 and headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "# EOF" not in text and 'figrelay_events_received_total{event="SecurityEvent",outcome="accepted"} 1.0' in text
+
+    # what Prometheus itself sends: OpenMetrics first
+    prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    for accept in ("application/openmetrics-text; version=1.0.0", prometheus):
+        status, text, headers = await d.request("GET", "/metrics", headers={"Accept": accept})
+        assert status == 200
+        assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0; charset=utf-8"), headers["Content-Type"]
+        assert text.endswith("# EOF\n"), text[-200:]
+        assert 'figrelay_events_received_total{event="SecurityEvent",outcome="accepted"} 1.0' in text
+
+
+# --- operator commands from a shell, without the service's credentials --------------------------
+
+
+async def test_operator_commands_need_no_credentials_they_do_not_use(daemon_factory, receiver, tmp_path, monkeypatch):
+    """The layout docs/operations.md recommends: secrets are systemd credentials read through
+    ${file:${CREDENTIALS_DIRECTORY}/...}. The daemon (the service) has CREDENTIALS_DIRECTORY;
+    an operator's shell does not."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("FIGRELAY_SECRET", raising=False)
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "fig-secret").write_text(SECRET + "\n")
+    (creds / "siem-secret").write_text("downstream-secret\n")
+    sock = tmp_path / "intake.sock"
+    clients = f"""  - name: siem
+    type: http
+    base_uri: {receiver.url}/fig
+    secret: "${{file:${{CREDENTIALS_DIRECTORY}}/siem-secret}}"
+"""
+    text = daemon_config(clients, "  - {event: SecurityEvent, client: siem}", '  secret: "${file:${CREDENTIALS_DIRECTORY}/fig-secret}"')
+    d = await daemon_factory(text.replace("listen: 127.0.0.1:0", f"listen: unix:{sock}"), env={"CREDENTIALS_DIRECTORY": str(creds)}, start=False)
+    await d.start(expect_ready=False)
+    await d.wait_for_log("ready in")
+    config = str(d.config_path)
+    lines = d.config_path.read_text().splitlines()
+    intake_line = 1 + next(i for i, l in enumerate(lines) if "fig-secret" in l)
+    siem_line = 1 + next(i for i, l in enumerate(lines) if "siem-secret" in l)
+    receiver.responder = lambda r: web.Response(status=400, text="rejected")
+    (tmp_path / "login.json").write_bytes(event("SecurityEvent"))
+
+    # send: the daemon requires the intake secret, which only the service can read
+    code, _, err = await afigrelay("send", "SecurityEvent", str(tmp_path / "login.json"), "--config", config)
+    assert code == 2 and "the daemon requires the intake secret, but it cannot be read here" in err
+    assert f"{config}:{intake_line}: intake.secret: ${{file:${{CREDENTIALS_DIRECTORY}}/fig-secret}} is a systemd credential" in err
+    assert "--secret or $FIGRELAY_SECRET" in err
+    code, out, err = await afigrelay("send", "SecurityEvent", str(tmp_path / "login.json"), "--config", config, env={"FIGRELAY_SECRET": SECRET})
+    assert code == 0 and "HTTP 200" in out, err
+    await wait_until(lambda: len(outbox_rows(d.config_path.parent, "dead")) == 1, what="the refused delivery kept as a dead letter")
+
+    # deliveries and matches read state_dir, hooks and client names: no credential
+    code, out, err = await afigrelay("deliveries", "--config", config)
+    assert code == 0 and "HTTP 400: rejected" in out and "0 pending, 1 dead" in out, err
+    code, out, err = await afigrelay("matches", "--client-name", "OrdersApi", "--config", config)
+    assert code == 0 and "1 of 1 hook would fire" in out, err
+    receiver.responder = None
+    code, out, err = await afigrelay("deliveries", "retry", "--client", "siem", "--config", config)
+    assert code == 0 and "1 dead letter is pending again" in out, err
+    await wait_until(lambda: outbox_rows(d.config_path.parent) == [], what="the retried letter delivered by the daemon")
+
+    # check, test and run do use every credential: each names the missing value with file and line
+    for args in (("check", "--config", config), ("test", "siem", "--config", config), ("run", "--config", config)):
+        code, _, err = await afigrelay(*args)
+        assert code == 1, (args, err)
+        assert f"{config}:{intake_line}: intake.secret: ${{file:${{CREDENTIALS_DIRECTORY}}/fig-secret}} is a systemd credential" in err, err
+        assert f"{config}:{siem_line}: clients[0].secret: ${{file:${{CREDENTIALS_DIRECTORY}}/siem-secret}} is a systemd credential" in err
+        assert "LoadCredential=siem-secret:/etc/figrelay/credentials/siem-secret" in err and "systemd-run --pipe" in err
+    # ... and pass when the shell points CREDENTIALS_DIRECTORY at the credential files, as docs/operations.md shows
+    code, out, err = await afigrelay("check", "--config", config, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert code == 0 and out.startswith("OK "), err
+
+
+def test_the_documented_credentials_error_is_what_figrelay_says(tmp_path, monkeypatch):
+    """docs/operations.md quotes the error for its own example configuration: keep it true."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    doc = (REPO / "docs" / "operations.md").read_text()
+    example = re.search(r"## 2\. Configure.*?```yaml\n(.*?)```", doc, re.S)
+    quoted = re.search(r"(?m)^/etc/figrelay/config\.yaml:\d+: clients\[0\]\.webhook_url: .*$", doc)
+    assert example and quoted
+    config = tmp_path / "config.yaml"
+    config.write_text(example.group(1).replace('"$2a$11$..."', f'"{HASHED}"'))
+    result = figrelay("check", "--config", str(config))
+    expected = quoted.group(0).replace("/etc/figrelay/config.yaml", str(config))
+    assert result.returncode == 1 and expected in [line.strip() for line in result.stderr.splitlines()], result.stderr
+
+
+async def test_send_into_a_closed_pipe_ends_quietly(receiver, tmp_path):
+    (tmp_path / "login.json").write_bytes(event("SecurityEvent"))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `figrelay send ... | head` after head has gone: every write fails
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "figrelay", "send", "SecurityEvent", str(tmp_path / "login.json"), "--url", receiver.url,
+            stdout=write_end, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        os.close(write_end)
+    assert len(receiver.requests) == 1
+    assert err.decode() == "" and proc.returncode == 128 + signal.SIGPIPE

@@ -31,7 +31,7 @@ import email.utils
 import html
 import re
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.headerregistry import Address
 from email.message import EmailMessage
 from typing import Any, Literal
@@ -42,7 +42,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 from figrelay.delivery import ClientContext, ClientOptions, ClientType, Delivered, Delivery, Failed, Outcome, Retry, body_excerpt
 from figrelay.durations import Duration, Timeout
 from figrelay.hookspecs import hookimpl
-from figrelay.messages import MAX_DIGEST_LINES, Message, describe
+from figrelay.messages import Message, describe
 from figrelay.templates import TemplateError, check_template, render_template
 
 DELIVERY_ID_HEADER = "X-Figrelay-Delivery"
@@ -241,13 +241,6 @@ def _web_link(url: str | None) -> str | None:
     return None
 
 
-def _digest_items(message: Message) -> Iterator[Message | int]:
-    """The items of a digest, then the number left out (if any)."""
-    yield from message.items[:MAX_DIGEST_LINES]
-    if len(message.items) > MAX_DIGEST_LINES:
-        yield len(message.items) - MAX_DIGEST_LINES
-
-
 def render_text(message: Message, delivery_id: str = "") -> str:
     """The plain-text part."""
     lines: list[str] = []
@@ -255,10 +248,7 @@ def render_text(message: Message, delivery_id: str = "") -> str:
         lines += [f"*** {TEST_BANNER} ***", ""]
     lines += [f"{message.severity.emoji} {message.title}", f"Severity: {message.severity.value}", ""]
     if message.items:
-        for item in _digest_items(message):
-            if isinstance(item, int):
-                lines.append(f"… and {item} more")
-                continue
+        for item in message.items:  # every one: a mail has room for a burst of any size
             lines.append(f"- {item.severity.emoji} {item.title}")
             lines += [f"  {line}" for line in item.text.splitlines() if line.strip()]
         lines.append("")
@@ -304,10 +294,7 @@ def render_html(message: Message, delivery_id: str = "") -> str:
     )
     if message.items:
         items = []
-        for item in _digest_items(message):
-            if isinstance(item, int):
-                items.append(f'<tr><td style="{_CELL}color:#616061;">… and {item} more</td></tr>')
-                continue
+        for item in message.items:
             text = f'<div style="color:#454245;margin-top:2px;">{_html_text(item.text)}</div>' if item.text else ""
             items.append(f'<tr><td style="{_CELL}"><div style="font-weight:bold;">{item.severity.emoji} {e(item.title)}</div>{text}</td></tr>')
         rows.append(

@@ -303,19 +303,25 @@ def _field_texts(facts: Sequence[Fact]) -> list[str]:
     return texts + ([tail] if tail else [])
 
 
-def _item_lines(items: Sequence[Message]) -> str:
-    """A digest's messages, one line each with its own emoji, within one section."""
+def _item_sections(items: Sequence[Message]) -> list[str]:
+    """A digest's messages, one line each with its own emoji, in as many sections as their text
+    needs. Every item is listed: the dispatcher sends at most MAX_DIGEST_LINES (``max_batch``)
+    in one message, whose lines fit in a few of the 50 blocks a message may have."""
+    sections: list[str] = []
     lines: list[str] = []
     used = 0
-    room = MAX_SECTION_TEXT - 60  # keeps space for the "… and N more" line
-    for n, item in enumerate(items):
-        line = f"{item.severity.emoji} {clip(escape(_one_line(item.title)), MAX_ITEM_TITLE)}"
-        if n == MAX_DIGEST_LINES or used + units(line) + 1 > room:
-            lines.append(f"… and {len(items) - n} more {TRUNCATED.removeprefix('… ')}")
-            break
+    listed = [f"{item.severity.emoji} {clip(escape(_one_line(item.title)), MAX_ITEM_TITLE)}" for item in items[:MAX_DIGEST_LINES]]
+    if len(items) > MAX_DIGEST_LINES:  # only when called with more than max_batch, never by figrelay's dispatcher
+        listed.append(f"… and {len(items) - MAX_DIGEST_LINES} more {TRUNCATED.removeprefix('… ')}")
+    for line in listed:
+        if lines and used + units(line) + 1 > MAX_SECTION_TEXT:
+            sections.append("\n".join(lines))
+            lines, used = [], 0
         lines.append(line)
         used += units(line) + 1
-    return "\n".join(lines)
+    if lines:
+        sections.append("\n".join(lines))
+    return sections
 
 
 def _note(message: Message) -> str:
@@ -333,7 +339,7 @@ def render(message: Message) -> dict[str, Any]:
     details: list[dict[str, Any]] = []
     if message.items:
         # a digest's text is the plain form of this same list; the items give each line its emoji
-        details.append({"type": "section", "text": _mrkdwn(_item_lines(message.items))})
+        details += [{"type": "section", "text": _mrkdwn(text)} for text in _item_sections(message.items)]
     elif message.text.strip():
         details.append({"type": "section", "text": _mrkdwn(clip(escape(message.text.strip()), MAX_SECTION_TEXT))})
     if message.facts:
@@ -505,5 +511,6 @@ def figrelay_client_types(register: Callable[[ClientType], None]) -> None:
             renders_messages=True,
             default_min_interval=1.0,  # Slack allows about one message per second per channel
             default_coalesce=10.0,
+            max_batch=MAX_DIGEST_LINES,
         )
     )

@@ -54,7 +54,9 @@ TRUNCATED = "… (truncated)"
 MIN_FACT_BYTES = len('{"title":"","value":""},')  # so a card holds at most limit // MIN_FACT_BYTES facts
 MAX_ERROR_BODY = 1024
 
-CARD_VERSION = "1.4"  # cards marked 1.5 fail to render when posted through Workflows
+CARD_VERSION = "1.4"
+"""Cards marked 1.5 fail to render when posted through Workflows, so every card is a 1.4 card and
+uses only elements and properties that 1.4 defines (tests/test_card_schema.py checks each one)."""
 CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 ALLOWED_ACTIONS = frozenset({"Action.OpenUrl", "Action.ShowCard", "Action.ToggleVisibility"})
@@ -246,17 +248,9 @@ def adaptive_card(content: CardContent) -> dict[str, Any]:
     body: list[dict[str, Any]] = []
     if content.is_test:
         body.append({"type": "TextBlock", "text": TEST_MARKER, "weight": "Bolder", "color": "Warning", "wrap": True})
-    body.append(
-        {
-            "type": "TextBlock",
-            "text": content.heading,
-            "weight": "Bolder",
-            "size": "Medium",
-            "style": "heading",
-            "color": TEXT_COLOUR[content.severity],
-            "wrap": True,
-        }
-    )
+    # the heading is made by size and weight alone: "style": "heading" is an Adaptive Card 1.5
+    # property, which a 1.4 card must not use (see CARD_VERSION)
+    body.append({"type": "TextBlock", "text": content.heading, "weight": "Bolder", "size": "Medium", "color": TEXT_COLOUR[content.severity], "wrap": True})
     if content.text:
         body.append({"type": "TextBlock", "text": content.text, "wrap": True})
     for i, line in enumerate(content.line_rows()):
@@ -518,5 +512,6 @@ def figrelay_client_types(register: Callable[[ClientType], None]) -> None:
             renders_messages=True,
             default_min_interval=1.0,  # no published limit for Workflows: about one message a second per URL
             default_coalesce=10.0,
+            max_batch=MAX_DIGEST_LINES,
         )
     )

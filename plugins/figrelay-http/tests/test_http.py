@@ -12,12 +12,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
+import figrelay_http
+from figrelay.config import parse_config
 from figrelay.delivery import ClientContext, Delivered, Delivery, Failed, Retry
 from figrelay.events import parse_event_body
+from figrelay.plugins import load_plugins
 from figrelay.testing import http_receiver
-from figrelay_http import DELIVERY_ID_HEADER, HttpOptions, HttpTarget, standard_webhooks_headers
+from figrelay_http import DELIVERY_ID_HEADER, HttpOptions, HttpTarget, is_secret_header, standard_webhooks_headers
 
 BODY = (
     b'{"ClientName":"OrdersApi","Instance":null,"UpdatedSettings":["Timeout","RetryCount"],"Username":"admin",'
@@ -134,4 +137,65 @@ async def test_standard_webhooks_signature():
 def test_options_are_validated(options, message):
     with pytest.raises(ValidationError) as info:
         HttpOptions(**options)
+    assert message in str(info.value)
+
+
+# --- which header values are credentials ----------------------------------------------------------
+
+
+def test_header_values_are_secret_by_name_or_by_mark_and_plain_otherwise():
+    options = HttpOptions(
+        base_uri="https://x/",
+        headers={
+            "X-Team": "platform", "X-Api-Key": "key-value-1", "X-Auth-Token": "token-value-2", "Cookie": "session=3",
+            "Proxy-Authorization": "Basic dXNlcjpwdw==", "X-Client-Secret": "secret-value-4", "x-tenant": "tenant-value-5",
+        },
+        secret_headers=["X-Tenant"],  # case-insensitive, as header names are
+    )
+    plain = {name for name, value in options.headers.items() if isinstance(value, str)}
+    assert plain == {"X-Team"}
+    assert all(isinstance(options.headers[n], SecretStr) for n in options.headers if n != "X-Team")
+    assert "key-value-1" not in repr(options) and "tenant-value-5" not in repr(options) and "platform" in repr(options)
+    assert options.header_values()["X-Api-Key"] == "key-value-1"
+    for name in ("Authorization", "proxy-authorization", "COOKIE", "X-Access-Token", "Api-Key", "X-Webhook-Secret", "X-Password"):
+        assert is_secret_header(name), name
+    for name in ("X-Team", "X-Keyboard", "Monkey", "X-Tokens", "Accept"):
+        assert not is_secret_header(name), name
+
+
+def test_secret_config_values_are_collected_but_plain_header_values_are_not(tmp_path: Path):
+    registry = load_plugins([("http", figrelay_http)], entry_points=False)
+    text = """
+clients:
+  - name: platform-teams
+    type: http
+    base_uri: https://siem.example.com/fig/
+    secret: client-secret-1
+    headers: {X-Team: platform, X-Api-Key: api-key-value-2, X-Tenant: tenant-value-3}
+    secret_headers: [X-Tenant]
+hooks:
+  - {event: SettingValueChanged, client: platform-teams}
+"""
+    config = parse_config(text, tmp_path / "figrelay.yaml", registry)
+    assert config.secrets == frozenset({"client-secret-1", "api-key-value-2", "tenant-value-3"})
+
+
+async def test_secret_header_values_are_sent_as_configured():
+    async with http_receiver() as rec:
+        await send(rec.url, headers={"X-Team": "platform", "X-Api-Key": "k-123", "X-Tenant": "t-456"}, secret_headers=["X-Tenant"])
+        headers = rec.requests[0].headers
+    assert (headers["X-Team"], headers["X-Api-Key"], headers["X-Tenant"]) == ("platform", "k-123", "t-456")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"headers": {"X-Team": "a"}, "secret_headers": ["X-Tenant"]}, "secret_headers names X-Tenant, which is not in headers (headers: X-Team)"),
+        ({"secret_headers": ["X Tenant"]}, "is not a header name"),
+        ({"headers": {"X-Team": 7}}, "valid string"),
+    ],
+)
+def test_secret_headers_are_validated(options, message):
+    with pytest.raises(ValidationError) as info:
+        HttpOptions(base_uri="https://x/", **options)
     assert message in str(info.value)

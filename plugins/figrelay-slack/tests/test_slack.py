@@ -19,7 +19,7 @@ import figrelay_slack
 from figrelay.config import ConfigError, load_config
 from figrelay.delivery import ClientContext, ClientType, Delivered, Delivery, Failed, Retry
 from figrelay.events import FigEvent, parse_event
-from figrelay.messages import Message, Severity, describe, digest
+from figrelay.messages import MAX_DIGEST_LINES, Message, Severity, describe, digest
 from figrelay.plugins import load_plugins
 from figrelay.samples import sample_events
 from figrelay.samples import test_button_events as fig_test_button_events  # not collected as a test
@@ -254,10 +254,38 @@ def test_a_huge_digest_is_cut_with_a_count_of_the_rest():
     messages = [describe(parse_event("SettingValueChanged", {**event.to_wire(), "UpdatedSettings": [f"Setting{i:03}" + "x" * 80]})) for i in range(500)]
     payload = render(digest(messages))
     assert_within_limits(payload)
-    lines = section_text(payload).split("\n")
+    lines = "\n".join(digest_sections(payload)).split("\n")
     shown = len(lines) - 1
-    assert 10 < shown < 500
+    assert shown == MAX_DIGEST_LINES, "figrelay's dispatcher never sends more than max_batch; a direct caller gets a count"
     assert lines[-1] == f"… and {500 - shown} more (truncated)"
+
+
+def test_a_full_digest_of_long_titles_lists_every_event():
+    """A burst the dispatcher sends as one digest (max_batch items, the longest titles) is listed
+    whole, over as many sections as it needs: nothing is left out."""
+    assert slack_client_type().max_batch == MAX_DIGEST_LINES
+    event = sample_events("SettingValueChanged")[0]
+    messages = [
+        describe(parse_event("SettingValueChanged", {**event.to_wire(), "ClientName": f"Client{i:02}" + "y" * 400})) for i in range(MAX_DIGEST_LINES)
+    ]
+    payload = render(digest(messages))
+    assert_within_limits(payload)
+    sections = digest_sections(payload)
+    assert len(sections) > 1
+    lines = "\n".join(sections).split("\n")
+    assert len(lines) == MAX_DIGEST_LINES and not any("more" in line for line in lines)
+    assert [line.split("Client")[1][:2] for line in lines] == [f"{i:02}" for i in range(MAX_DIGEST_LINES)]
+
+
+def digest_sections(payload: dict[str, Any]) -> list[str]:
+    """The text of a digest's sections, one event a line."""
+    return [b["text"]["text"] for b in details(payload) if b["type"] == "section" and "text" in b]
+
+
+def slack_client_type():
+    registered = []
+    figrelay_slack.figrelay_client_types(registered.append)
+    return registered[0]
 
 
 # --- limits and truncation ----------------------------------------------------------------------

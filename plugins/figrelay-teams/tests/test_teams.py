@@ -101,7 +101,8 @@ def action_types(card: dict[str, Any]) -> set[str]:
 
 
 def heading(card: dict[str, Any]) -> dict[str, Any]:
-    [block] = [b for b in card["body"] if b.get("style") == "heading"]
+    # the one Medium TextBlock: a 1.4 card has no "style": "heading" to mark it
+    [block] = [b for b in card["body"] if b["type"] == "TextBlock" and b.get("size") == "Medium"]
     return block
 
 

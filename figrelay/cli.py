@@ -10,6 +10,7 @@ import signal
 import sys
 import textwrap
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .config import Config, ConfigError, load_config
@@ -191,6 +192,48 @@ def cmd_deliveries(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     return asyncio.run(deliveries(loaded[0], args.action, args.ids, args.client, args.state, args.all_dead, args.limit))
 
 
+def cmd_events(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .commands_journal import events
+
+    loaded = _load(args, parser, need_credentials=False)
+    if loaded is None:
+        return 1
+    return events(
+        loaded[0], since=args.since, until=args.until, event=args.event, setting_client=args.setting_client, client=args.client,
+        outcome=args.outcome, limit=args.limit, as_json=args.json,
+    )
+
+
+def cmd_trace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .commands_journal import trace_command
+
+    loaded = _load(args, parser, need_credentials=False)
+    return 1 if loaded is None else trace_command(loaded[0], args.id, args.json)
+
+
+def cmd_replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .commands_journal import replay_command
+
+    loaded = _load(args, parser, need_credentials=False)
+    if loaded is None:
+        return 1
+    return asyncio.run(replay_command(
+        loaded[0], ids=args.ids, since=args.since, until=args.until, client=args.client, event=args.event, outcome=args.outcome, dry_run=args.dry_run,
+        as_json=args.json, url=args.url, secret=args.secret,
+    ))
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Bad input to the journal's commands is one line naming the problem, exit status 2 (scripts
+    read it; the usage is one --help away)."""
+
+    def error(message: str) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: {message} (see --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
 def cmd_plugins(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     registry = load_plugins()
     rows = [("PLUGIN", "DISTRIBUTION", "CLIENT TYPES")]
@@ -223,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
               figrelay send SettingValueChanged event.json --config config.yaml
               figrelay matches --client-name OrdersApi --config config.yaml
               figrelay deliveries --state dead --config config.yaml
+              figrelay events --since 1h --config config.yaml
+              figrelay trace EVENT_OR_DELIVERY_ID --config config.yaml
+              figrelay replay --since 24h --client slack-ops --dry-run --config config.yaml
               figrelay plugins
 
             Every command takes --help. The configuration defaults to $FIGRELAY_CONFIG.
@@ -337,6 +383,72 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--limit", type=int, default=200, help="for list: at most this many rows (default 200)")
     _config_arg(dl)
     dl.set_defaults(func=cmd_deliveries)
+
+    ev = _one_line_errors(sub.add_parser(
+        "events", help="list received events and where their deliveries are",
+        description="List the events figrelay received, newest first, one line each with its deliveries' outcomes, from the "
+        "event journal. Read-only and without credentials: safe while the daemon runs. Times are durations ago (30m, 1h, 2d) "
+        "or ISO 8601 times (2025-06-01T10:00, 2025-06-01T10:00:00Z; without an offset, local time).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  figrelay events --since 1h --config config.yaml\n"
+        "  figrelay events --setting-client ^Orders --event SettingValueChanged --since 2d\n"
+        "  figrelay events --client slack-ops --outcome dead --since 24h\n"
+        "  figrelay events --since 2025-06-01T03:00 --until 2025-06-01T04:00 --json | jq '.events[].event_id'",
+    ))
+    ev.add_argument("--since", metavar="TIME", help="received at or after: a duration ago (1h) or an ISO 8601 time")
+    ev.add_argument("--until", metavar="TIME", help="received at or before (default now)")
+    ev.add_argument("--event", metavar="TYPE", help=f"only events received of this type: {', '.join(ROUTES)}")
+    ev.add_argument("--setting-client", metavar="REGEX", help="a regex searched in the setting client's name, as a hook's client_regex (^Orders)")
+    ev.add_argument("--client", metavar="NAME", help="only events with a delivery to this client")
+    ev.add_argument("--outcome", metavar="STATE", help="only events with a delivery (to --client) now in this state: delivered, dead, pending or purged")
+    ev.add_argument("--limit", type=int, default=50, help="at most this many events (default 50)")
+    ev.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    _config_arg(ev)
+    ev.set_defaults(func=cmd_events)
+
+    tr = _one_line_errors(sub.add_parser(
+        "trace", help="follow one event or delivery through every attempt",
+        description="Show an event (or the event of a delivery): the body as received, each hook it matched and why (as "
+        "`figrelay matches` explains it under the configuration now), each delivery with every attempt (time, duration, "
+        "outcome, status, reason) and where it is now. Read-only and without credentials.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  figrelay trace 3f2a9c0d5e6b4a718293a4b5c6d7e8f9 --config config.yaml   # an event id (`figrelay events`)\n"
+        "  figrelay trace 6f0c1d2e     # a delivery id from the log, or the start of one\n"
+        "  figrelay trace 6f0c1d2e --json | jq '.deliveries[].attempt_log'",
+    ))
+    tr.add_argument("id", metavar="ID", help="an event id or a delivery id (or its first 6 characters or more)")
+    tr.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    _config_arg(tr)
+    tr.set_defaults(func=cmd_trace)
+
+    rp = _one_line_errors(sub.add_parser(
+        "replay", help="send delivered or dead deliveries again, through the running daemon",
+        description="Have the running daemon send delivered or dead deliveries again, as new deliveries with new ids that "
+        "name the original (replay_of), paced, coalesced and retried like any other. Name event or delivery ids, or a "
+        "window of time (the deliveries made in it). --dry-run lists what would go. A replay sends the original's body "
+        "while the outbox has it, else the received event matched again against the same hook (see docs/operations.md).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  figrelay replay --since 24h --client slack-ops --dry-run --config config.yaml\n"
+        "  figrelay replay --since 24h --client slack-ops       # after a day in which slack-ops lost messages\n"
+        "  figrelay replay --since 2025-06-01T08:00 --until 2025-06-01T17:00 --client siem --outcome dead\n"
+        "  figrelay replay 3f2a9c0d5e6b4a718293a4b5c6d7e8f9     # every delivery of one event\n"
+        "  figrelay replay 6f0c1d2e... 8159f1a9... --json       # these deliveries",
+    ))
+    rp.add_argument("ids", nargs="*", metavar="ID", help="event or delivery ids")
+    rp.add_argument("--since", metavar="TIME", help="replay the deliveries made since: a duration ago (24h) or an ISO 8601 time")
+    rp.add_argument("--until", metavar="TIME", help="and until (default now)")
+    rp.add_argument("--client", metavar="NAME", help="only deliveries to this client")
+    rp.add_argument("--event", metavar="TYPE", help="only deliveries of this event type")
+    rp.add_argument("--outcome", metavar="STATE", help="only deliveries now delivered, or dead (default both)")
+    rp.add_argument("--dry-run", action="store_true", help="list what would be replayed; send nothing")
+    rp.add_argument("--json", action="store_true", help="the daemon's JSON answer, for scripts")
+    rp.add_argument("--url", help="the daemon's address (default: from the configuration's listen)")
+    rp.add_argument(
+        "--secret", default=os.environ.get("FIGRELAY_SECRET"),
+        help="the intake secret, needed only when the daemon is reached through a non-loopback address (default: $FIGRELAY_SECRET, or intake.secret)",
+    )
+    _config_arg(rp)
+    rp.set_defaults(func=cmd_replay)
     return parser
 
 

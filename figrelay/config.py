@@ -24,6 +24,7 @@ from .durations import Duration
 from .events import ROUTES
 from .hookregex import DEFAULT_TIME_LIMIT, HookPattern, TimeLimit, compile_hook_regex
 from .plugins import PluginRegistry
+from .sizes import Size, format_size
 from .templates import MessageTemplates, TemplateError, check_template
 from .wording import plural
 
@@ -397,6 +398,41 @@ class DeliverySettings(_Strict):
         return v
 
 
+MIN_JOURNAL_BYTES = 1000**2
+
+
+class JournalSettings(_Strict):
+    """The event journal (figrelay/journal.py): every accepted event and delivery attempt, kept for
+    ``figrelay events``, ``trace`` and ``replay`` and pruned in the background."""
+
+    enabled: bool = True
+    """False: events and attempts are no longer recorded, and the pruning empties the journal."""
+    retention: Duration = 7 * 86400
+    """Events accepted longer ago than this are pruned, with their deliveries and attempts."""
+    max_bytes: Size = 256 * 1000**2
+    """While the journal takes more room in the outbox's database than this, its oldest events
+    are pruned, whatever their age."""
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be more than 0, e.g. 7d; to keep no journal, set journal.enabled: false")
+        return v
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _max_bytes(cls, v: int) -> int:
+        # a bare number is bytes: "max_bytes: 256" is almost certainly 256MB meant
+        if v < MIN_JOURNAL_BYTES:
+            hint = f" Did you mean {v}MB?" if v < 100_000 else ""
+            raise ValueError(
+                f"is {v} bytes (a bare number counts bytes), too small for a journal: at least {format_size(MIN_JOURNAL_BYTES)}.{hint} "
+                "To keep no journal, set journal.enabled: false"
+            )
+        return v
+
+
 class _HookModel(_Strict):
     event: str
     client: str
@@ -449,6 +485,7 @@ class _TopModel(BaseModel):
     clients: list[Any] = []
     hooks: list[Any] = []
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    journal: JournalSettings = JournalSettings()
 
 
 def _valid_top_key(key: str, value: Any) -> bool:
@@ -512,6 +549,8 @@ class Config:
     """Every credential value in the file, so logs and errors can redact them."""
     unresolved: tuple[tuple[Path_, Problem], ...] = ()
     """With ``need_credentials=False``: the values left unresolved, by key path (see load_config)."""
+    journal: JournalSettings = field(default_factory=JournalSettings)
+    """``journal:``: whether the journal is kept, and how long and how large."""
 
     def summary(self) -> str:
         listen = ", ".join(str(l) for l in self.listen)
@@ -844,4 +883,5 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
         secrets=frozenset(secrets),  # figrelay.logs.secret_parts finds a credential URL's parts
         log_level=top.log_level,
         unresolved=tuple(out.unresolved),
+        journal=top.journal,
     )

@@ -15,7 +15,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 
 import aiohttp
@@ -32,6 +32,7 @@ from .plugins import PluginRegistry
 from .reload import ConfigHolder, LiveConfig, watch_config
 from .server import IntakeRunner, create_app
 from .sessions import SessionTracker
+from .sizes import format_size
 from .systemd import Notifier, inherited_sockets
 from .wording import plural
 
@@ -114,6 +115,78 @@ async def _expire_waiting(outbox: Outbox, holder: ConfigHolder, every: float = 6
         await asyncio.sleep(every)
 
 
+JOURNAL_PRUNE_FIRST = 5.0
+"""Seconds after start of the first pruning pass: after the start's own work (resuming pending
+deliveries), soon enough that a journal left too large by a lowered limit shrinks at once."""
+JOURNAL_PRUNE_EVERY = 60.0
+
+
+async def _prune_journal(
+    outbox: Outbox, holder: ConfigHolder, metrics: Metrics, every: float = JOURNAL_PRUNE_EVERY, first: float = JOURNAL_PRUNE_FIRST,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Keep the journal within ``journal.retention`` and ``journal.max_bytes``, and empty it while
+    ``journal.enabled`` is off: one pass shortly after start, then one a minute, each with the
+    settings in force then. A pass deletes in small transactions between the intake's and the
+    dispatcher's writes (``Outbox.prune_journal``). Logs when the size limit, rather than the
+    retention, starts or stops deciding what is kept, and when the limit cannot be kept."""
+    await asyncio.sleep(first)
+    size_bound = False
+    over_limit = False
+    while True:
+        try:
+            if not outbox.health.writable:  # a full disk: the outbox reports it, and retries by itself
+                await asyncio.sleep(every)
+                continue
+            settings = holder.current.config.journal
+            pruned = await outbox.prune_journal(now=clock(), retention=settings.retention, max_bytes=settings.max_bytes)
+            metrics.record_journal_pruning(pruned)
+            stats = pruned.stats
+            if stats is None:
+                if pruned.by_age:
+                    log.info("journal.enabled is false: removed %s from the journal", plural(pruned.by_age, "event"))
+            else:
+                log.debug(
+                    "pruned the journal: %d events by age, %d by size (%d batches); it takes %s now",
+                    pruned.by_age, pruned.by_size, pruned.batches, format_size(stats.bytes, exact=False),
+                )
+                if pruned.by_size and not size_bound and stats.oldest_event is not None:
+                    log.info(
+                        "the journal reached journal.max_bytes (%s): it keeps the events of the last %s, less than journal.retention (%s); "
+                        "raise max_bytes to keep more", format_size(settings.max_bytes), _span(clock() - stats.oldest_event), _span(settings.retention),
+                    )
+                elif not pruned.by_size and size_bound and pruned.by_age:
+                    log.info("the journal is within journal.max_bytes again: it keeps journal.retention (%s) of events", _span(settings.retention))
+                size_bound = bool(pruned.by_size) or (size_bound and not pruned.by_age)
+                over = stats.bytes > settings.max_bytes
+                if over and not over_limit:
+                    log.warning(
+                        "the journal takes %s, more than journal.max_bytes (%s), and the events left all have deliveries still in the outbox "
+                        "(pending, or dead letters): each goes once its deliveries are delivered or purged ('figrelay deliveries')",
+                        format_size(stats.bytes, exact=False), format_size(settings.max_bytes),
+                    )
+                over_limit = over
+        except Exception as exc:
+            log.error("cannot prune the journal: %s; trying again in %s", exc, _span(every))
+        await asyncio.sleep(every)
+
+
+_SPAN_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def _span(seconds: float) -> str:
+    """A duration as the configuration writes it, in its largest unit and the next: 45s, 3h12m,
+    6d23h, 7d (the next left out when 0)."""
+    left = max(0, round(seconds))
+    for i, (unit, size) in enumerate(_SPAN_UNITS):
+        if left >= size or unit == "s":
+            text = f"{left // size}{unit}"
+            if i + 1 < len(_SPAN_UNITS) and (rest := left % size // _SPAN_UNITS[i + 1][1]):
+                text += f"{rest}{_SPAN_UNITS[i + 1][0]}"
+            return text
+    return "0s"
+
+
 async def _watchdog(notifier: Notifier, interval: float) -> None:
     """Ping systemd's watchdog from the event loop: a wedged loop stops the pings."""
     while True:
@@ -164,6 +237,9 @@ async def serve(
             await outbox.close()
             await holder.close()
             raise StartupError(f"{exc} (check state_dir in {config_path})") from None
+        # before the first event: the intake and dispatcher read it on every write
+        outbox.journal_enabled = config.journal.enabled
+        holder.listeners.append(lambda live, old, removed: setattr(outbox, "journal_enabled", live.config.journal.enabled))
         try:
             sessions = SessionTracker(await outbox.sessions())
             dispatcher = Dispatcher(outbox, routing_of(live), metrics)
@@ -231,6 +307,7 @@ async def serve(
                     loop.create_task(watch_config(holder, ignore=lambda p: state_dir in p.resolve().parents or p.resolve() == state_dir)),
                     loop.create_task(_watch_outbox(outbox, dispatcher)),
                     loop.create_task(_expire_waiting(outbox, holder)),
+                    loop.create_task(_prune_journal(outbox, holder, metrics)),
                 ]
                 if notifier.watchdog_interval:
                     chores.append(loop.create_task(_watchdog(notifier, notifier.watchdog_interval)))

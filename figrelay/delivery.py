@@ -96,6 +96,9 @@ class Delivered:
     """The target took the event."""
 
     detail: str = ""
+    status: int | None = None
+    """The target's HTTP or SMTP status, for the journal (figrelay reads ``HTTP nnn`` from the
+    text when a plugin leaves it out)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,8 @@ class Retry:
 
     reason: str
     retry_after: float | None = None
+    status: int | None = None
+    """The target's HTTP or SMTP status, if it answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +120,8 @@ class Failed:
     """A failure that retrying will not mend (400, 401, 404, a 5xx from SMTP ...): a dead letter."""
 
     reason: str
+    status: int | None = None
+    """The target's HTTP or SMTP status, if it answered."""
 
 
 Outcome = Delivered | Retry | Failed
@@ -211,12 +218,12 @@ def outcome_for_status(status: int, headers: Mapping[str, str], body: bytes | st
     """The outcome of an HTTP response by DELIVERY.md's rules: 2xx delivered; 408, 425, 429 and
     5xx retried (honouring Retry-After); anything else, 3xx included, permanent."""
     if 200 <= status < 300:
-        return Delivered(f"HTTP {status}")
+        return Delivered(f"HTTP {status}", status)
     excerpt = body_excerpt(body)
     reason = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
     if status in RETRYABLE_STATUSES:
-        return Retry(reason, parse_retry_after(headers.get("Retry-After")))
-    return Failed(reason)
+        return Retry(reason, parse_retry_after(headers.get("Retry-After")), status)
+    return Failed(reason, status)
 
 
 def is_loopback_host(host: str | None) -> bool:

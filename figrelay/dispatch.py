@@ -39,10 +39,12 @@ import heapq
 import itertools
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from . import journal
 from .config import DeliverySettings, HookConfig
 from .delivery import Delivered, Delivery, Failed, Outcome, Retry, Target
 from .events import EventError, FigEvent, parse_event_body
@@ -391,11 +393,12 @@ class Dispatcher:
                 for row in rows:
                     lane.known.pop(row.id, None)
                 return
+            started, clock = self._clock(), time.monotonic()
             if any(event is None for _, event in group.rows):
                 outcome: Outcome = Failed("the stored event cannot be read")
             else:
                 outcome = await self._call(route.target, self._delivery(route, routing, group), settings)
-            writes, result = self._apply(lane, rows, outcome, settings)
+            writes, result = self._apply(lane, rows, outcome, settings, (started, time.monotonic() - clock))
             try:
                 await self._outbox.record_outcomes(writes)
             except Exception as exc:
@@ -445,9 +448,12 @@ class Dispatcher:
         self._observer.attempted(delivery, outcome, time.monotonic() - started)
         return outcome
 
-    def _apply(self, lane: _Lane, rows: list[StoredDelivery], outcome: Outcome, settings: DeliverySettings) -> tuple[OutcomeWrites, str]:
+    def _apply(
+        self, lane: _Lane, rows: list[StoredDelivery], outcome: Outcome, settings: DeliverySettings, timing: tuple[float, float] = (0.0, 0.0)
+    ) -> tuple[OutcomeWrites, str]:
         """What one send's outcome does: to the lane (backoff, circuit) at once, and to the
-        outbox (returned, to be written). Returns (writes, result)."""
+        outbox and journal (returned, to be written). ``timing`` is (started, seconds) of the
+        attempt. Returns (writes, result)."""
         now = self._clock()
         together = f" (with {len(rows) - 1} more in one digest)" if len(rows) > 1 else ""
         first = rows[0]
@@ -456,18 +462,29 @@ class Dispatcher:
             outcome = replace(outcome, reason=redactor.redact(outcome.reason))
         if isinstance(outcome, (Delivered, Failed)):
             self._answered(lane, now)  # the target answered: whatever it said, it is up
+        status = outcome.status if outcome.status is not None else _status_in(outcome.detail if isinstance(outcome, Delivered) else outcome.reason)
+
+        def attempts(outcome_name: str, reason: str | None, dead: frozenset[str] = frozenset()) -> list[journal.Attempt]:
+            return [
+                journal.Attempt(row.id, row.attempts + 1, timing[0], timing[1], "dead" if row.id in dead else outcome_name, status, reason)
+                for row in rows
+            ]
+
         if isinstance(outcome, Delivered):
             log.info(
                 "delivery %s: %s to %s delivered%s (%s, attempt %d)",
                 first.id, first.route, first.client, together, outcome.detail or "ok", first.attempts + 1,
+                extra=_fields(first, "delivered"),
             )
-            return OutcomeWrites(now, delivered=[row.id for row in rows]), "delivered"
+            return OutcomeWrites(now, delivered=[row.id for row in rows], attempts=attempts("delivered", outcome.detail or None)), "delivered"
         if isinstance(outcome, Failed):
             log.warning(
                 "delivery %s: %s to %s failed for good%s, kept as a dead letter: %s",
                 first.id, first.route, first.client, together, outcome.reason,
+                extra=_fields(first, "dead"),
             )
-            return OutcomeWrites(now, dead=[(row.id, row.attempts + 1, outcome.reason) for row in rows]), "dead"
+            writes = OutcomeWrites(now, dead=[(row.id, row.attempts + 1, outcome.reason) for row in rows], attempts=attempts("dead", outcome.reason))
+            return writes, "dead"
 
         lane.failures += 1
         lane.last_error = outcome.reason
@@ -489,15 +506,17 @@ class Dispatcher:
             if now + delay - row.created_at > settings.max_age:
                 reason = f"gave up after {row.attempts + 1} attempts over {_age(now - row.created_at)} (delivery.max_age): {outcome.reason}"
                 dead.append((row.id, row.attempts + 1, reason))
-                log.warning("delivery %s: %s to %s expired, kept as a dead letter: %s", row.id, row.route, row.client, reason)
+                log.warning("delivery %s: %s to %s expired, kept as a dead letter: %s", row.id, row.route, row.client, reason, extra=_fields(row, "dead"))
             else:
                 retry.append((row.id, row.attempts + 1, lane.paused_until, outcome.reason))
         if retry:
             log.info(
                 "delivery %s: %s to %s failed%s (attempt %d), retrying in %.1fs: %s",
                 first.id, first.route, first.client, together, first.attempts + 1, lane.paused_until - now, outcome.reason,
+                extra=_fields(first, "retry"),
             )
-        return OutcomeWrites(now, dead=dead, retry=retry), "retried"
+        writes = OutcomeWrites(now, dead=dead, retry=retry, attempts=attempts("retry", outcome.reason, frozenset(d[0] for d in dead)))
+        return writes, "retried"
 
     def _answered(self, lane: _Lane, now: float) -> None:
         was_open = lane.open_since
@@ -609,6 +628,21 @@ class Dispatcher:
             self._recovery.cancel()
             await asyncio.gather(self._recovery, return_exceptions=True)
         return cancelled
+
+
+_STATUS = re.compile(r"\b(?:HTTP|SMTP) ([1-5]\d\d)\b")
+
+
+def _status_in(text: str) -> int | None:
+    """The ``HTTP nnn`` or ``SMTP nnn`` a plugin's text names, for a plugin that did not set
+    ``status``."""
+    m = _STATUS.search(text)
+    return int(m.group(1)) if m else None
+
+
+def _fields(row: StoredDelivery, outcome: str) -> dict[str, object]:
+    """The ids a log line carries as fields of its own (JSON logs)."""
+    return {"event_id": row.event_id, "delivery_id": row.id, "client": row.client, "route": row.route, "attempt": row.attempts + 1, "outcome": outcome}
 
 
 def _parse(row: StoredDelivery) -> FigEvent | None:

@@ -7,10 +7,12 @@ The intake answers Fig only after ``accept`` returns, that is once every deliver
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from . import journal
 from .config import HookConfig
 from .dispatch import Dispatcher
 from .events import ClientStatusChanged, FigEvent
@@ -29,6 +31,14 @@ class Accepted:
     deliveries: tuple[NewDelivery, ...]
     test_only: bool = False
     """A Test-button event that was acknowledged and not relayed."""
+    event_id: str = ""
+    """The event's id in the journal, carried by every delivery it made."""
+
+
+def new_event_id() -> str:
+    """32 hex digits that sort by time (milliseconds, then 80 random bits, like a ULID), so the
+    journal's newest events sit together and pruning the oldest frees whole pages."""
+    return f"{int(time.time() * 1000):012x}{secrets.randbits(80):020x}"
 
 
 def new_delivery_id() -> str:
@@ -47,14 +57,26 @@ class Intake:
     def sessions(self) -> SessionTracker:
         return self._sessions
 
-    async def accept(self, event: FigEvent) -> Accepted:
-        """Match and store one event; raise OutboxError when it could not be stored."""
-        live = self._holder.current  # one configuration for the whole event, even across a reload
-        if event.test and not live.config.intake.forward_test_events:
-            log.info("%s test event acknowledged, not relayed (intake.forward_test_events is off)", event.route)
-            return Accepted(event, (), test_only=True)
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Where stored deliveries are scheduled; ``POST /-/replay`` schedules its replays here."""
+        return self._dispatcher
 
+    async def accept(self, event: FigEvent, received: bytes | None = None) -> Accepted:
+        """Match and store one event (``received``: its body as it came, for the journal); raise
+        OutboxError when it could not be stored."""
+        live = self._holder.current  # one configuration for the whole event, even across a reload
+        event_id = new_event_id()
         now = time.time()
+        if event.test and not live.config.intake.forward_test_events:
+            if self._outbox.journal_enabled:
+                await self._outbox.accept([], [], self._journal_event(event_id, event, received, now, []))
+            log.info(
+                "%s test event acknowledged, not relayed (intake.forward_test_events is off)", event.route,
+                extra={"event_id": event_id, "route": event.route},
+            )
+            return Accepted(event, (), test_only=True, event_id=event_id)
+
         bodies: dict[int, bytes] = {}
         new: list[NewDelivery] = []
         for match in live.rules.match(event):
@@ -92,9 +114,11 @@ class Intake:
                         hook.index, hook.event, hook.client, event.route, _shown(event.client_name), timed_out.key, timed_out.pattern, timed_out.budget * 1000,
                     )
 
-        if new or session_writes:
+        new = [replace(d, event_id=event_id) for d in new]
+        journal_event = self._journal_event(event_id, event, received, now, new) if self._outbox.journal_enabled else None
+        if new or session_writes or journal_event is not None:
             try:
-                await self._outbox.accept(new, session_writes)
+                await self._outbox.accept(new, session_writes, journal_event)
             except Exception:
                 if change is not None:
                     self._sessions.undo(change)
@@ -104,14 +128,29 @@ class Intake:
                 if d.dead_reason is None:
                     self._metrics.matches.labels(d.client, d.route).inc()
         subject = event.setting_client or getattr(event, "username", None) or "-"
+        fields = {"event_id": event_id, "route": event.route}
         if new:
             log.info(
                 "accepted %s for %s: %s",
                 event.route, subject, ", ".join(f"{'delivery' if d.dead_reason is None else 'dead letter'} {d.id} to {d.client}" for d in new),
+                extra=fields,
             )
         else:
-            log.info("accepted %s for %s: no hook matched", event.route, subject)
-        return Accepted(event, tuple(new))
+            log.info("accepted %s for %s: no hook matched", event.route, subject, extra=fields)
+        return Accepted(event, tuple(new), event_id=event_id)
+
+    @staticmethod
+    def _journal_event(event_id: str, event: FigEvent, received: bytes | None, now: float, new: list[NewDelivery]) -> journal.JournalEvent:
+        matched = tuple(
+            journal.HookMatch(
+                d.hook if d.hook is not None else -1, d.client, d.id,
+                "its regex ran out of time: kept as a dead letter" if d.dead_reason is not None
+                else (f"raised {d.route} from the run-session count" if d.route != event.route else ""),
+            )
+            for d in new
+        )
+        body = received if received is not None else event.to_json()
+        return journal.JournalEvent(event_id, now, event.route, event.setting_client, body, event.test, matched)
 
     def _dead_letter(self, hook: HookConfig, timed_out: RegexTimeout, event: FigEvent, route: str, body: bytes, now: float) -> NewDelivery:
         """A hook whose regex ran out of time neither sends nor drops the event: it keeps it for

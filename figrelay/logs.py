@@ -13,6 +13,10 @@ keep every line honest and the log bounded:
   text figrelay shows or stores (dead letters, command output, /metrics, /readyz).
 - ``OncePerKey``: at most one line per key (a refused request's reason and peer) per window,
   with a count of the lines held back.
+
+A line about an event or a delivery carries its ids as fields (``extra=fields(event_id=...,
+delivery_id=...)``): the JSON format writes each as a key of its own, escaped and redacted like
+the message, so a log store can filter on them; the text format shows only the message.
 """
 
 from __future__ import annotations
@@ -80,11 +84,46 @@ def _safe_arg(arg: object) -> object:
     return _Escaped(arg) if _CONTROLS.search(text) else arg
 
 
+# --- ids as fields -------------------------------------------------------------------------------
+
+FIELDS = ("event_id", "delivery_id", "client", "route", "attempt", "outcome")
+"""The ids a log line may carry as fields of its own (``extra=fields(...)``), in the order the
+JSON format writes them. None of them is an attribute LogRecord has already."""
+
+
+def fields(
+    *, event_id: str | None = None, delivery_id: str | None = None, client: str | None = None, route: str | None = None,
+    attempt: int | None = None, outcome: str | None = None,
+) -> dict[str, object]:
+    """``extra=`` for a log call about an event or a delivery, without the ids that are None:
+    ``log.info("delivery %s: ...", d.id, extra=fields(event_id=d.event_id, delivery_id=d.id, client=d.client))``."""
+    given = {"event_id": event_id, "delivery_id": delivery_id, "client": client, "route": route, "attempt": attempt, "outcome": outcome}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _field_value(value: object) -> object:
+    """A field as JSON writes it: numbers and booleans as they are, anything else as its text
+    with control characters escaped (as a message's arguments are)."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    try:
+        return escape_controls(value if isinstance(value, str) else str(value))
+    except Exception:  # a broken __str__ must not cost the line
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _record_fields(record: logging.LogRecord) -> dict[str, object]:
+    return {name: value for name in FIELDS if (value := getattr(record, name, None)) is not None}
+
+
 class EscapeControls(logging.Filter):
-    """Escapes control characters in a record's arguments, its non-text message and its exception
-    text; a text message is figrelay's own template and keeps its intended line breaks."""
+    """Escapes control characters in a record's arguments, its non-text message, its exception
+    text and its fields; a text message is figrelay's own template and keeps its intended line
+    breaks."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in _record_fields(record).items():
+            setattr(record, name, _field_value(value))
         if isinstance(record.args, Mapping):
             record.args = {key: _safe_arg(value) for key, value in record.args.items()}
         elif record.args:
@@ -446,6 +485,9 @@ class RedactSecrets(logging.Filter):
         clean = self.redact(message)
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
+        for name, value in _record_fields(record).items():
+            if isinstance(value, str):
+                setattr(record, name, self.redact(value))
         if clean != message:
             record.msg, record.args = clean, None
         return True
@@ -471,6 +513,8 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for name, value in _record_fields(record).items():
+            entry[name] = _field_value(value)
         if record.exc_info or record.exc_text:
             entry["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         line = json.dumps(entry, ensure_ascii=False)

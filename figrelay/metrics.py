@@ -6,6 +6,7 @@ client's name (unbounded, and chosen by whoever can post events).
 
 from __future__ import annotations
 
+import math
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -13,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder
 
 from .delivery import Delivered, Delivery, Failed, Outcome
 from .dispatch import DeliveryObserver
+from .journal import JournalStats, Pruned
 from .outbox import StoredDelivery
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
@@ -63,6 +65,19 @@ class Metrics(DeliveryObserver):
         self.reload_time = Gauge("figrelay_config_last_reload_success_timestamp_seconds", "When a configuration was last applied", registry=r)
         self.plugin_failures = Gauge("figrelay_plugin_load_failures", "Plugins that failed to load", registry=r)
         self.up_since = Gauge("figrelay_start_time_seconds", "When the daemon started", registry=r)
+        self.journal_bytes = Gauge(
+            "figrelay_journal_bytes", "Room the event journal takes in the outbox's database, in pages (journal.max_bytes bounds it)", registry=r
+        )
+        self.journal_oldest = Gauge(
+            "figrelay_journal_oldest_event_timestamp_seconds", "When the oldest event kept in the journal was accepted (NaN while it is empty)",
+            registry=r,
+        )
+        self.journal_pruned = Counter(
+            "figrelay_journal_pruned_events", "Events pruned from the journal: by age (journal.retention), size (journal.max_bytes) or because it is off",
+            ["reason"], registry=r,
+        )
+        for reason in ("age", "size", "disabled"):
+            self.journal_pruned.labels(reason)  # 0 from the start: increase() sees the first prune
         self.reload_ok.set(1)
         self.reload_time.set(time.time())
         self.up_since.set(time.time())
@@ -110,6 +125,19 @@ class Metrics(DeliveryObserver):
             self.pending.labels(client).set(pending)
             self.dead.labels(client).set(dead)
             self.oldest.labels(client).set(max(0.0, now - oldest) if oldest is not None else 0)
+
+    def set_journal(self, stats: JournalStats) -> None:
+        self.journal_bytes.set(stats.bytes)
+        # NaN, not 0, for an empty journal: an alert on its age must not read "accepted in 1970"
+        self.journal_oldest.set(stats.oldest_event if stats.oldest_event is not None else math.nan)
+
+    def record_journal_pruning(self, pruned: Pruned) -> None:
+        if pruned.stats is None:
+            self.journal_pruned.labels("disabled").inc(pruned.by_age)
+            return
+        self.journal_pruned.labels("age").inc(pruned.by_age)
+        self.journal_pruned.labels("size").inc(pruned.by_size)
+        self.set_journal(pruned.stats)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition and its full Content-Type for a request's ``Accept`` header.

@@ -42,6 +42,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import journal
+
 log = logging.getLogger("figrelay.outbox")
 
 # SQLite checkpoints the WAL into the database after 1000 pages (4 MiB) by default. A WAL that
@@ -59,7 +61,8 @@ PROBE_FIRST_DELAY = 0.05
 PROBE_MAX_DELAY = 2.0
 MARKER_SUFFIX = ".marker"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: deliveries.event_id and the journal tables (journal.py)."""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
     id              TEXT PRIMARY KEY,
@@ -128,6 +131,8 @@ class NewDelivery:
     dead_reason: str | None = None
     """Store it as a dead letter at once, with this as its last error (a hook regex that ran out
     of time: the operator decides whether to send it)."""
+    event_id: str | None = None
+    """The accepted event it was made from (the journal's key)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,7 @@ class StoredDelivery:
     state: str
     last_error: str | None
     dead_at: float | None
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +168,8 @@ class OutcomeWrites:
     """(id, attempts, reason); attempts None keeps the stored count (expired without a try)"""
     retry: Sequence[tuple[str, int, float, str]] = ()
     """(id, attempts, next_attempt_at, reason)"""
+    attempts: Sequence[journal.Attempt] = ()
+    """The tries this outcome ends, for the journal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +185,7 @@ class ClientHealth:
     last_error: str | None = None
 
 
-_COLUMNS = "id, client, route, body, hook, created_at, attempts, next_attempt_at, state, last_error, dead_at"
+_COLUMNS = "id, client, route, body, hook, created_at, attempts, next_attempt_at, state, last_error, dead_at, event_id"
 
 
 class Outbox:
@@ -194,6 +202,8 @@ class Outbox:
         self._closing = False
         self._health = OutboxHealth(True, time.time())
         self.commits = 0
+        self.journal_enabled = True
+        """Whether accepting and recording also write the journal (``journal.enabled``)."""
 
     @property
     def health(self) -> OutboxHealth:
@@ -245,6 +255,7 @@ class Outbox:
                 raise OutboxError(
                     f"{self.path} was written by a newer figrelay (schema {row[0]}, this one knows {SCHEMA_VERSION}); upgrade figrelay"
                 )
+            _upgrade(conn)
             store_id = stored_id or uuid.uuid4().hex
             created_at = stored.get("store_created_at") if stored_id else None
             created_at = created_at or _utc_now()
@@ -598,22 +609,37 @@ class Outbox:
 
     # --- writes ---------------------------------------------------------------------------------
 
-    async def accept(self, deliveries: Sequence[NewDelivery], sessions: Sequence[SessionWrite] = ()) -> None:
-        """Store new deliveries (due now) and session changes in one durable step. Raises
-        UnstorableError, before any transaction, for a value SQLite cannot store."""
-        _check_storable((*deliveries, *sessions))
+    async def accept(
+        self, deliveries: Sequence[NewDelivery], sessions: Sequence[SessionWrite] = (), event: journal.JournalEvent | None = None
+    ) -> None:
+        """Store new deliveries (due now), session changes and, with the journal on, the event
+        they came from, in one durable step. Raises UnstorableError, before any transaction, for
+        a value SQLite cannot store."""
+        _check_storable((*deliveries, *sessions, *((event,) if event is not None else ())))
+        keep = event is not None and self.journal_enabled
 
         def op(conn: sqlite3.Connection) -> None:
             if deliveries:
                 conn.executemany(
-                    "INSERT INTO deliveries (id, client, route, body, hook, created_at, next_attempt_at, state, last_error, dead_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO deliveries (id, client, route, body, hook, created_at, next_attempt_at, state, last_error, dead_at, event_id)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (d.id, d.client, d.route, d.body, d.hook, d.created_at, d.created_at)
                         + (("pending", None, None) if d.dead_reason is None else ("dead", d.dead_reason, d.created_at))
+                        + (d.event_id,)
                         for d in deliveries
                     ],
                 )
+            if keep:
+                assert event is not None
+                journal.record_event(conn, event, [
+                    journal.JournalDelivery(
+                        d.id, event.event_id, d.client, d.hook, d.route, d.created_at,
+                        "pending" if d.dead_reason is None else "dead", d.dead_reason,
+                        body=None if d.body == event.body and d.route == event.route else d.body,
+                    )
+                    for d in deliveries
+                ])
             for s in sessions:
                 if s.connected:
                     conn.execute("INSERT OR IGNORE INTO sessions (client, key) VALUES (?, ?)", (s.client, s.key))
@@ -660,10 +686,9 @@ class Outbox:
         def op(conn: sqlite3.Connection) -> list[tuple[str, str]]:
             where, params = _dead_selector(id_list, client, all_dead)
             rows = conn.execute(f"SELECT id, client FROM deliveries WHERE {where}", params).fetchall()
-            conn.execute(
-                f"UPDATE deliveries SET state = 'pending', next_attempt_at = ?, dead_at = NULL WHERE {where}",
-                (time.time(), *params),
-            )
+            now = time.time()
+            conn.execute(f"UPDATE deliveries SET state = 'pending', next_attempt_at = ?, dead_at = NULL WHERE {where}", (now, *params))
+            journal.record_finished(conn, journal.Finished(now, pending=[r[0] for r in rows]))
             return [(r[0], r[1]) for r in rows]
 
         return await self._write(op)
@@ -674,6 +699,8 @@ class Outbox:
 
         def op(conn: sqlite3.Connection) -> int:
             where, params = _dead_selector(id_list, client, all_dead)
+            gone = [r[0] for r in conn.execute(f"SELECT id FROM deliveries WHERE {where}", params)]
+            journal.record_finished(conn, journal.Finished(time.time(), purged=gone))
             return conn.execute(f"DELETE FROM deliveries WHERE {where}", params).rowcount
 
         return await self._write(op)
@@ -762,7 +789,12 @@ class Outbox:
         """Store what one send (or one digest of sends) came to, every row in one transaction.
         Idempotent: recording the same outcomes again (after a failed write) changes nothing."""
 
+        keep = self.journal_enabled
+
         def op(conn: sqlite3.Connection) -> None:
+            if keep:
+                journal.record_attempts(conn, outcomes.attempts)
+                journal.record_finished(conn, journal.Finished(outcomes.now, outcomes.delivered, [(i, reason) for i, _, reason in outcomes.dead]))
             if outcomes.delivered:
                 conn.executemany("DELETE FROM deliveries WHERE id = ?", [(i,) for i in outcomes.delivered])
             if outcomes.dead:
@@ -807,13 +839,20 @@ class Outbox:
             params = (*names, now - max_age)
             rows = conn.execute(f"SELECT id, client FROM deliveries WHERE {where}", params).fetchall()
             conn.execute(f"UPDATE deliveries SET state = 'dead', last_error = ?, dead_at = ? WHERE {where}", (reason, now, *params))
+            journal.record_finished(conn, journal.Finished(now, dead=[(r[0], reason) for r in rows]))
             return [(r[0], r[1]) for r in rows]
 
         return await self._write(op)
 
     async def purge_waiting(self, client: str) -> int:
         """Delete the pending deliveries of a client (one that was removed from the configuration)."""
-        return await self._write(lambda conn: conn.execute("DELETE FROM deliveries WHERE state = 'pending' AND client = ?", (client,)).rowcount)
+
+        def op(conn: sqlite3.Connection) -> int:
+            gone = [r[0] for r in conn.execute("SELECT id FROM deliveries WHERE state = 'pending' AND client = ?", (client,))]
+            journal.record_finished(conn, journal.Finished(time.time(), purged=gone))
+            return conn.execute("DELETE FROM deliveries WHERE state = 'pending' AND client = ?", (client,)).rowcount
+
+        return await self._write(op)
 
     async def set_client_health(self, health: ClientHealth) -> None:
         """Remember a client's circuit state, for ``figrelay deliveries`` and across restarts."""
@@ -831,6 +870,89 @@ class Outbox:
             return {row[0]: ClientHealth(*row) for row in rows}
 
         return await self._run(read)
+
+    # --- replay (replay.py plans it, POST /-/replay stores it) --------------------------------------
+
+    async def replay(self, replays: Sequence[tuple[journal.JournalDelivery, bytes]]) -> None:
+        """Store replays of finished deliveries: for each (journal row, body), a new pending
+        delivery due now, in the outbox and in the journal (``replay_of`` the original), all in
+        one transaction, so a replay is never half stored. Raises UnstorableError, before any
+        transaction, for a value SQLite cannot store."""
+        rows = [NewDelivery(d.delivery_id, d.client, d.route, body, d.hook, d.created_at, event_id=d.event_id) for d, body in replays]
+        _check_storable((*rows, *(d for d, _ in replays)))
+        keep = self.journal_enabled
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO deliveries (id, client, route, body, hook, created_at, next_attempt_at, event_id) VALUES (?,?,?,?,?,?,?,?)",
+                [(r.id, r.client, r.route, r.body, r.hook, r.created_at, r.created_at, r.event_id) for r in rows],
+            )
+            if keep:
+                journal.record_deliveries(conn, [d for d, _ in replays])
+
+        if rows:
+            await self._write(op)
+
+
+    # --- journal retention (the daemon's pruning chore, /metrics) ---------------------------------
+
+    async def prune_journal(self, *, now: float, retention: float, max_bytes: int, batch: int = journal.PRUNE_BATCH) -> journal.Pruned:
+        """Delete the journal's oldest events, with their deliveries and attempts: those accepted
+        before ``now - retention``, then, while the journal takes more than ``max_bytes``, the
+        oldest of the rest; with ``journal_enabled`` off, every one. An event with a delivery
+        still in the outbox (pending or dead) is kept (``journal.prune``).
+
+        Each batch of ``batch`` events is one write through the group commit, a few milliseconds
+        of the writer's time, and the event loop runs between two batches: accepting and
+        recording outcomes go on while a large journal is cut down."""
+        enabled = self.journal_enabled
+        batches = 0
+
+        async def delete(before: float, cursor: tuple[float, str] | None) -> journal.PruneBatch:
+            nonlocal batches
+            batches += 1
+            result = await self._write(lambda conn: journal.prune(conn, before=before, after=cursor, limit=batch))
+            await asyncio.sleep(0)  # let the intake's and dispatcher's writes in before the next batch
+            return result
+
+        by_age = 0
+        cursor: tuple[float, str] | None = None
+        while True:
+            step = await delete(now - retention if enabled else math.inf, cursor)
+            by_age += step.deleted
+            if step.examined < batch:
+                break
+            cursor = step.cursor
+        if not enabled:
+            return journal.Pruned(by_age, 0, None, batches)
+
+        # by size: measured again after each batch, since what a batch frees depends on how the
+        # pages were filled (a B-tree keyed by random ids gives pages back only once they empty)
+        by_size = 0
+        cursor = None
+        stats = await self.journal_stats()
+        while stats.bytes > max_bytes:
+            step = await delete(math.inf, cursor)
+            by_size += step.deleted
+            stats = await self.journal_stats()
+            if step.examined < batch:
+                break  # every event left has a delivery in the outbox
+            cursor = step.cursor
+        return journal.Pruned(by_age, by_size, stats, batches)
+
+    async def journal_stats(self) -> journal.JournalStats:
+        """The journal's size and oldest event (``/metrics``, pruning by size). Read on a
+        read-only connection of its own, in a thread of its own, so that it neither waits for
+        the outbox's writes nor holds them up; cheap: it walks the outbox's own tables, not the
+        journal's (``journal.stats``)."""
+        return await asyncio.to_thread(self._journal_stats)
+
+    def _journal_stats(self) -> journal.JournalStats:
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False, timeout=5)
+        try:
+            return journal.stats(conn)
+        finally:
+            conn.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -884,6 +1006,16 @@ def _is_storage_error(exc: BaseException) -> bool:
         return False
     code = _primary_code(exc)
     return isinstance(exc, sqlite3.OperationalError) if code is None else code in _STORAGE_CODES
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Bring an older store up to SCHEMA_VERSION; each step is idempotent (checked, not assumed)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
+    if "event_id" not in columns:
+        conn.execute("ALTER TABLE deliveries ADD COLUMN event_id TEXT")
+    journal.create(conn)
+    if conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is not None:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
 
 def _check_storable(rows: Iterable[object]) -> None:

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,13 +25,16 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from .config import Config
 from .connections import track_requests
 from .events import ROUTES, EventError, parse_event_body
 from .intake import Intake
+from .journal_queries import JournalUnavailable, QueryError, UnknownIdError, open_read_only
 from .logs import OncePerKey, redactor
 from .metrics import Metrics
 from .outbox import Outbox, OutboxError, UnstorableError
 from .reload import ConfigHolder
+from .replay import ReplayPlan, ReplayRequest, answer, plan_replay, request_from_json, schedule_items, stored
 
 log = logging.getLogger("figrelay.server")
 
@@ -290,7 +294,7 @@ async def receive_event(request: web.Request) -> web.Response:
         return error_response(400, "invalid_event", f"{route}: {exc}", event=route, field=exc.field, problem=exc.message)
 
     try:
-        accepted = await request.app[INTAKE].accept(event)
+        accepted = await request.app[INTAKE].accept(event, body)
     except UnstorableError as exc:  # this event, not the outbox: sending it again cannot help
         count(route, "invalid").inc()
         return error_response(400, "invalid_event", f"{route}: the event cannot be stored: {exc}", event=route, field=None, problem=str(exc))
@@ -303,11 +307,12 @@ async def receive_event(request: web.Request) -> web.Response:
 
     count(route, "test" if accepted.test_only else "accepted").inc()
     if accepted.test_only:
-        return web.json_response({"status": "test", "event": route, "relayed": False})
+        return web.json_response({"status": "test", "event": route, "event_id": accepted.event_id, "relayed": False})
     return web.json_response(
         {
             "status": "accepted",
             "event": route,
+            "event_id": accepted.event_id,
             "deliveries": [{"id": d.id, "client": d.client, "hook": d.hook} for d in accepted.deliveries],
         }
     )
@@ -355,6 +360,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics.set_outbox(stats, list(app[HOLDER].current.config.clients))
     metrics.outbox_writable.set(1 if app[OUTBOX].health.writable else 0)
     metrics.sessions.set(app[INTAKE].sessions.total())
+    try:
+        metrics.set_journal(await app[OUTBOX].journal_stats())
+    except Exception as exc:  # the journal's figures keep their last values
+        log.error("metrics: cannot measure the journal: %s", exc)
     body, content_type = metrics.render(request.headers.get("Accept"))
     body = _redacted(body)  # labels are config values: a client name must not show a credential
     # set as a header, whole: aiohttp's content_type= would drop "version=...; charset=utf-8"
@@ -388,6 +397,70 @@ async def reload_config(request: web.Request) -> web.Response:
     )
 
 
+REPLAY_MAX_BODY = 1 << 20
+
+
+async def replay_deliveries(request: web.Request) -> web.Response:
+    """``POST /-/replay``: send finished deliveries again, as new deliveries (replay.py); from this
+    machine, or with the intake secret. Body: {"ids": [...]} or {"since": t, "until": t, "client":
+    ..., "event": ...}, and "dry_run"."""
+    holder = request.app[HOLDER]
+    checker = holder.current.checker
+    if not _is_local(request) and not (checker.required and await checker.check(request.headers.get("Authorization"), peer_key(request))):
+        return error_response(403, "forbidden", "replay is allowed from this machine (loopback or unix socket) or with the intake secret")
+    try:
+        body = await _read_limited(request, REPLAY_MAX_BODY, 30.0)
+    except BodyNotReceived as exc:
+        return exc.response
+    if body is None:
+        return error_response(413, "payload_too_large", f"a replay request is at most {REPLAY_MAX_BODY} bytes; replay in parts")
+    try:
+        ask = request_from_json(json.loads(body or b"{}"))
+    except ValueError as exc:  # QueryError, or JSON that does not parse
+        message = str(exc) if isinstance(exc, QueryError) else f"the body is not JSON: {exc}"
+        return error_response(400, "invalid_replay", message)
+    outbox = request.app[OUTBOX]
+    if not outbox.journal_enabled:
+        return error_response(409, "journal_disabled", "replay selects from the event journal, and journal.enabled is false")
+    config = holder.current.config  # one configuration for the whole replay, even across a reload
+    try:
+        plan = await asyncio.to_thread(_plan_replay, outbox, ask, config, time.time())
+    except QueryError as exc:
+        status, error = (404, "unknown_id") if isinstance(exc, UnknownIdError) else (400, "invalid_replay")
+        return error_response(status, error, str(exc))
+    except (JournalUnavailable, sqlite3.Error) as exc:
+        log.error("replay: cannot read the journal: %s", exc)
+        return error_response(503, "journal_unavailable", f"cannot read the journal: {exc}")
+    if not ask.dry_run and plan.replays:
+        try:
+            await outbox.replay(stored(plan))
+        except OutboxError as exc:
+            log.error("replay: cannot store %d replays: %s", len(plan.replays), exc)
+            response = error_response(503, "storage_unavailable", f"figrelay could not store the replays: {exc}; try again later")
+            response.headers["Retry-After"] = "5"
+            return response
+        request.app[INTAKE].dispatcher.schedule(schedule_items(plan))
+        for p in plan.replays:
+            log.info(
+                "replay %s of delivery %s (%s to %s, %s): body from the %s",
+                p.delivery.delivery_id, p.original.delivery_id, p.delivery.route, p.delivery.client, p.original.state, p.body_from,
+                extra={"event_id": p.delivery.event_id, "delivery_id": p.delivery.delivery_id, "client": p.delivery.client, "route": p.delivery.route},
+            )
+    for refusal in plan.refused:
+        log.info("replay of %s refused: %s", refusal.id, refusal.reason)
+    return web.json_response(answer(plan, ask.dry_run), dumps=_json_text)
+
+
+def _plan_replay(outbox: Outbox, ask: ReplayRequest, config: Config, now: float) -> ReplayPlan:
+    """Plan on a read-only connection of its own, in a thread: the outbox's connection stays free
+    for the intake's and the dispatcher's writes while the journal is read."""
+    conn = open_read_only(outbox.path)
+    try:
+        return plan_replay(conn, ask, config, now)
+    finally:
+        conn.close()
+
+
 async def other_method(request: web.Request) -> web.Response:
     if _route_of(request.path) is None:
         raise web.HTTPNotFound()
@@ -408,6 +481,7 @@ def create_app(intake: Intake, holder: ConfigHolder, ready: Callable[[], bool], 
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/-/reload", reload_config)
+    app.router.add_post("/-/replay", replay_deliveries)
     app.router.add_post("/{path:.*}", receive_event)
     app.router.add_route("*", "/{path:.*}", other_method)
     return app

@@ -198,3 +198,31 @@ async def daemon_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     yield make
     for d in daemons:
         await d.close()
+
+
+# --- a journal to query (tests/journal_helpers.py fills it) ------------------------------------
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> Path:
+    from journal_helpers import new_store
+
+    return await new_store(tmp_path)
+
+
+@pytest.fixture
+def writer(store: Path):
+    from journal_helpers import JournalWriter
+
+    w = JournalWriter(store)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def reader(store: Path):
+    from figrelay.journal_queries import open_read_only
+
+    conn = open_read_only(store)
+    yield conn
+    conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sqlite3
 from pathlib import Path
@@ -88,7 +89,8 @@ async def test_fig_test_button_is_acknowledged_fast_and_not_relayed(daemon_facto
         if route != "SecurityEvent":
             fields["ClientName"] = "Test"
         status, payload = await asyncio.wait_for(d.post(route, event(route, **fields), AUTH), timeout=2)
-        assert status == 200 and payload == {"status": "test", "event": route, "relayed": False}
+        assert status == 200 and payload == {"status": "test", "event": route, "event_id": payload["event_id"], "relayed": False}
+        assert re.fullmatch(r"[0-9a-f]{32}", payload["event_id"])
     # a real event after them is relayed, so the test ones would have been too by now
     await d.post("SecurityEvent", event("SecurityEvent"), AUTH)
     await wait_until(lambda: len(receiver.requests) == 1)

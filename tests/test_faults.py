@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import socket
+import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from conftest import Daemon, Receiver, event, wait_until
-from test_e2e import SECRET, relay_config
+from test_e2e import SECRET, outbox_rows, relay_config
 
 AUTH = {"Authorization": f"Secret {SECRET}", "Content-Type": "application/json; charset=utf-8"}
 PLAIN = f"  secret: {SECRET}"
@@ -33,6 +34,7 @@ class KillFigures:
     server_errors: int = 0
     refused_connections: int = 0
     kills: int = 0
+    event_ids: set[str] = field(default_factory=set)
 
     def report(self, receiver: Receiver) -> dict[str, int]:
         deliveries = [(r.headers.get("X-Figrelay-Delivery", ""), r.json["Username"]) for r in receiver.requests]
@@ -68,9 +70,9 @@ async def kill_under_load(d: Daemon, receiver: Receiver, events: int, kills: int
             figures.sent += 1
             try:
                 async with http.post(d.url + "/SecurityEvent", data=event("SecurityEvent", Username=name), headers=AUTH) as resp:
-                    await resp.read()
                     if resp.status == 200:
                         figures.acknowledged.add(name)
+                        figures.event_ids.add((await resp.json())["event_id"])
                     elif resp.status >= 500:
                         figures.server_errors += 1
             except (TimeoutError, aiohttp.ClientError):
@@ -101,8 +103,18 @@ async def _kill_test(daemon_factory, receiver, events: int, kills: int, capsys) 
         lambda: figures.acknowledged <= {r.json["Username"] for r in receiver.requests}, timeout=120, what="every acknowledged event delivered"
     )
     report = figures.report(receiver)
+    # the journal agrees: every acknowledged event is in it, and nothing it calls delivered was not
+    await wait_until(lambda: not outbox_rows(d.config_path.parent), timeout=60, what="the outbox drained")
+    with sqlite3.connect(d.config_path.parent / "state" / "outbox.sqlite3") as conn:
+        journaled = {r[0] for r in conn.execute("SELECT event_id FROM journal_events")}
+        said_delivered = {r[0] for r in conn.execute("SELECT delivery_id FROM journal_deliveries WHERE state = 'delivered'")}
+    received = {r.headers.get("X-Figrelay-Delivery") for r in receiver.requests}
+    report["acknowledged_not_in_journal"] = len(figures.event_ids - journaled)
+    report["journal_delivered_not_received"] = len(said_delivered - received)
     with capsys.disabled():
         print(f"\nkill -9 under load: {json.dumps(report)}")
+    assert report["acknowledged_not_in_journal"] == 0
+    assert report["journal_delivered_not_received"] == 0, "the journal says delivered for a delivery the target never got"
     assert report["kills"] == kills
     assert report["lost"] == 0, "an acknowledged event was lost"
     assert report["events_with_two_ids"] == 0, "a resend must carry the same delivery id"

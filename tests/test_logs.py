@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from conftest import event, wait_until
-from figrelay.logs import EscapeControls, JsonLines, OncePerKey, RepeatLimiter, escape_controls, make_handler, redactor
+from figrelay.logs import FIELDS, EscapeControls, JsonLines, OncePerKey, RepeatLimiter, escape_controls, fields, make_handler, redactor
 from figrelay.server import IntakeRunner, RefusalLog
 from test_e2e import daemon_config
 
@@ -440,3 +440,57 @@ async def test_a_flood_of_refusals_from_one_peer_is_a_bounded_number_of_lines_an
     assert summed > 0, f"a line says how many were not logged one by one:\n{text}"
     # at most one line and one count per 10 s window, however many requests
     assert len(lines) <= 2 * (1 + int(elapsed // 10)), text
+
+
+# --- ids as fields --------------------------------------------------------------------------------
+
+
+def with_extra(rec: logging.LogRecord, extra: dict[str, object]) -> logging.LogRecord:
+    """As ``log.info(..., extra=extra)`` makes it."""
+    rec.__dict__.update(extra)
+    return rec
+
+
+@pytest.mark.usefixtures("secrets")
+def test_json_lines_carry_the_ids_a_log_call_passes_as_fields_of_their_own() -> None:
+    out = io.StringIO()
+    handler = make_handler("json", out)
+    extra = fields(
+        event_id="e1", delivery_id="d1", client="ops\nslack hunter2-secret", route="SettingValueChanged", attempt=2, outcome="retry"
+    )
+    emit(handler, with_extra(record("delivery %s: retry", "d1", name="figrelay.dispatch"), extra), record("no ids here"))
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["message"] == "delivery d1: retry"
+    # escaped and redacted as the message is; numbers stay numbers
+    assert {k: first[k] for k in FIELDS} == {
+        "event_id": "e1", "delivery_id": "d1", "client": "ops\\nslack ***", "route": "SettingValueChanged", "attempt": 2, "outcome": "retry",
+    }
+    assert set(second) == {"time", "level", "logger", "message"}
+
+
+def test_fields_leaves_out_what_is_none_and_logging_accepts_it(caplog: pytest.LogCaptureFixture) -> None:
+    assert fields(delivery_id="d1", attempt=None, client="siem") == {"delivery_id": "d1", "client": "siem"}
+    assert fields() == {}
+    with caplog.at_level(logging.INFO, logger="figrelay.test"):
+        logging.getLogger("figrelay.test").info("delivered", extra=fields(event_id="e1", delivery_id="d1", client="c", route="r", attempt=1, outcome="delivered"))
+    line = JsonLines().format(caplog.records[-1])
+    assert json.loads(line)["attempt"] == 1 and json.loads(line)["outcome"] == "delivered"
+
+
+def test_text_lines_are_unchanged_by_fields() -> None:
+    out = io.StringIO()
+    handler = make_handler("text", out)
+    emit(handler, with_extra(record("delivery %s: delivered", "d1"), fields(event_id="e1", delivery_id="d1", client="siem")))
+    assert out.getvalue().rstrip("\n").endswith("figrelay.intake: delivery d1: delivered")
+    assert "e1" not in out.getvalue() and "siem" not in out.getvalue()
+
+
+def test_json_fields_without_the_filters_are_still_escaped_and_json() -> None:
+    class Odd:
+        def __str__(self) -> str:
+            return "odd\x1b\u2028"
+
+    line = JsonLines().format(with_extra(record("x"), {"event_id": Odd(), "client": "a\u202eb", "attempt": 3}))
+    assert "\x1b" not in line and "\u2028" not in line and "\u202e" not in line
+    entry = json.loads(line)
+    assert entry["event_id"] == "odd\\x1b\\u2028" and entry["client"] == "a\\u202eb" and entry["attempt"] == 3

@@ -199,6 +199,10 @@ async def test_json_logs(daemon_factory, receiver, tmp_path):
         assert accepted["level"] == "info" and accepted["logger"] == "figrelay.intake" and accepted["time"].endswith("Z")
         delivery_id = accepted["message"].rsplit("delivery ", 1)[1].split()[0]
         assert delivery_id in delivered["message"], "a delivery id ties the two lines together"
+        # and the ids are fields of their own, for a log system to filter on
+        assert accepted["event_id"] == delivered["event_id"] and accepted["route"] == "SecurityEvent"
+        assert delivered["delivery_id"] == delivery_id and delivered["client"] == "siem"
+        assert delivered["attempt"] == 1 and delivered["outcome"] == "delivered"
     finally:
         await d.close()
 

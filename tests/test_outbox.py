@@ -16,6 +16,7 @@ import pytest
 
 from figrelay.outbox import (
     JOURNAL_SIZE_LIMIT,
+    SCHEMA_VERSION,
     WAL_AUTOCHECKPOINT_PAGES,
     NewDelivery,
     Outbox,
@@ -66,7 +67,7 @@ async def test_open_creates_the_database_and_folder(db_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"deliveries", "sessions", "meta"} <= tables
-        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
 
 
 async def test_accept_pending_schedule_fetch_round_trip(outbox: Outbox) -> None:

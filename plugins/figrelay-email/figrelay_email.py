@@ -32,6 +32,7 @@ import html
 import re
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 from email.headerregistry import Address
 from email.message import EmailMessage
 from typing import Any, Literal
@@ -391,7 +392,7 @@ def outcome_for_error(exc: Exception, where: str, step: str, security: str = "st
         else:
             what = "answered"
         reason = f"{where} {what}: {_response(exc.code, exc.message)} (while {step})"
-        return Failed(reason) if exc.code >= 500 else Retry(reason)
+        return Failed(reason, status=exc.code) if exc.code >= 500 else Retry(reason, status=exc.code)
     tls = _ssl_error(exc)
     if isinstance(tls, ssl.SSLCertVerificationError):
         return Failed(
@@ -549,10 +550,8 @@ class EmailTarget:
         if not self._password:
             return outcome
         if isinstance(outcome, Delivered):
-            return Delivered(outcome.detail.replace(self._password, "***"))
-        if isinstance(outcome, Retry):
-            return Retry(outcome.reason.replace(self._password, "***"), outcome.retry_after)
-        return Failed(outcome.reason.replace(self._password, "***"))
+            return replace(outcome, detail=outcome.detail.replace(self._password, "***"))
+        return replace(outcome, reason=outcome.reason.replace(self._password, "***"))
 
     # keeping the connection
 

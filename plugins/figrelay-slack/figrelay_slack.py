@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -477,11 +478,9 @@ class SlackTarget:
 
     def _scrubbed(self, outcome: Outcome) -> Outcome:
         """No reason ever carries the webhook URL or the token, whatever a server or aiohttp said."""
-        if isinstance(outcome, Retry):
-            return Retry(self._scrub(outcome.reason), outcome.retry_after)
-        if isinstance(outcome, Failed):
-            return Failed(self._scrub(outcome.reason))
-        return Delivered(self._scrub(outcome.detail))
+        if isinstance(outcome, (Retry, Failed)):
+            return replace(outcome, reason=self._scrub(outcome.reason))
+        return replace(outcome, detail=self._scrub(outcome.detail))
 
     async def aclose(self) -> None:
         return None

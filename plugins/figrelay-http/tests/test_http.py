@@ -49,7 +49,7 @@ async def send(url: str, **options):
 async def test_posts_fig_wire_format_to_base_uri_plus_route():
     async with http_receiver() as rec:
         outcome = await send(rec.url + "/fig", secret="s3cret", headers={"X-Team": "platform"})
-        assert outcome == Delivered("HTTP 200")
+        assert outcome == Delivered("HTTP 200", status=200)
         [got] = rec.requests
         assert got.path == "/fig/SettingValueChanged"  # no trailing slash given: treated as if present
         assert got.body == BODY

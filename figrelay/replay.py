@@ -237,8 +237,8 @@ class _Planner:
         route, body = received
         if original.route != route:
             return (
-                f"a {original.route} event figrelay raised from run-session counts (on a {route}): the journal keeps the event "
-                "received, and this one's body left the outbox when it was delivered, so it cannot be sent again"
+                f"a {original.route} event figrelay raised from run-session counts (on a {route}) whose body the journal did not "
+                "keep (it was written before figrelay kept such bodies), and it left the outbox when it was delivered: it cannot be sent again"
             )
         try:
             event = parse_event_body(route, body)

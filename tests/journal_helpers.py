@@ -60,14 +60,17 @@ class JournalWriter:
     def event(
         self, at: float, route: str = "SettingValueChanged", setting_client: str | None = "OrdersApi",
         to: Sequence[tuple[str, int | None]] = (("slack-ops", 0),), body: bytes | None = None, test: bool = False,
-        delivery_route: str | None = None, event_id: str | None = None,
+        delivery_route: str | None = None, event_id: str | None = None, sent: bytes | None = None,
     ) -> tuple[str, list[str]]:
-        """One accepted event and its deliveries (pending); returns (event id, delivery ids)."""
+        """One accepted event and its deliveries (pending); returns (event id, delivery ids).
+        ``sent``: the body the deliveries carried, when it differs from the event's."""
         event_id = event_id or uuid.uuid4().hex
         if body is None:
             fields = {} if setting_client is None else {"ClientName": setting_client}
             body = fig_event(route, **fields)
-        deliveries = [journal.JournalDelivery(uuid.uuid4().hex, event_id, client, hook, delivery_route or route, at) for client, hook in to]
+        deliveries = [
+            journal.JournalDelivery(uuid.uuid4().hex, event_id, client, hook, delivery_route or route, at, body=sent) for client, hook in to
+        ]
         matched = tuple(journal.HookMatch(d.hook if d.hook is not None else -1, d.client, d.delivery_id) for d in deliveries)
         with self.conn:
             self.conn.execute("BEGIN")

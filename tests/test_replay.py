@@ -85,6 +85,14 @@ def test_a_raised_min_run_sessions_event_is_replayed_only_from_the_outbox(tmp_pa
     assert refusal.id == gone and "figrelay raised from run-session counts" in refusal.reason
 
 
+
+def test_a_raised_event_whose_body_the_journal_kept_is_replayed_as_it_was_sent(tmp_path, writer, reader):
+    raised = b'{"ClientName":"OrdersApi","Instance":null,"RunSessions":1,"RunSessionsEvent":0,"Link":null,"IsTest":false}'
+    event_id, (delivered,) = writer.event(T0, route="ClientStatusChanged", to=[("slack-ops", 2)], delivery_route="MinRunSessions", sent=raised)
+    writer.deliver(delivered, T0 + 1)
+    (replay,) = plan(reader, tmp_path, ReplayRequest(ids=(event_id,))).replays
+    assert replay.body == raised and replay.body_from == "journal"
+
 def test_an_event_id_stands_for_its_own_deliveries_and_pending_or_purged_ones_are_refused(tmp_path, writer, reader):
     event_id, (delivered, pending, purged) = writer.event(T0, route="HealthStatusChanged", to=[("siem", 3), ("siem", 3), ("siem", 3)])
     writer.deliver(delivered, T0 + 1)

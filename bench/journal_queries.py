@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from figrelay.journal_queries import EventFilter, find_events, open_read_only, trace
-from figrelay.outbox import Outbox
+from figrelay.storage.sqlite import Outbox
 
 CLIENTS = ["slack-ops", "siem", "teams-platform", "mail-oncall", "archive"]
 ROUTES = ["SettingValueChanged", "ClientStatusChanged", "HealthStatusChanged", "NewClientRegistration", "SecurityEvent"]

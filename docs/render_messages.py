@@ -62,10 +62,11 @@ from figrelay.delivery import Delivered, Delivery, Outcome, Target
 from figrelay.dispatch import Dispatcher
 from figrelay.events import FigEvent, parse_event
 from figrelay.messages import Message, describe
-from figrelay.outbox import NewDelivery, Outbox
 from figrelay.plugins import load_plugins
 from figrelay.reload import ConfigHolder
 from figrelay.samples import sample_events, test_button_events
+from figrelay.storage import NewDelivery
+from figrelay.storage.sqlite import Outbox
 from figrelay.testing import http_receiver
 
 HERE = Path(__file__).resolve().parent

@@ -26,9 +26,10 @@ from .events import ROUTES, EventError, parse_event_body
 from .hookregex import HookPattern, time_limited
 from .logs import redactor
 from .messages import describe
-from .outbox import ClientHealth, Outbox, OutboxError, StoredDelivery
 from .plugins import PluginRegistry
 from .samples import sample_test_events, test_button_events
+from .storage import ClientHealth, OutboxError, Store, StoredDelivery
+from .storage.sqlite import Outbox
 from .wording import plural
 
 
@@ -246,7 +247,8 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
-async def _open_outbox(config: Config) -> Outbox | None:
+async def _open_outbox(config: Config) -> Store | None:
+    # The back end is chosen here, as in daemon.serve: SQLite, the file in state_dir.
     path = config.state_dir / OUTBOX_FILE
     if not path.exists():
         print(f"no outbox at {path}: has figrelay run with this configuration (state_dir)?", file=sys.stderr)
@@ -324,7 +326,7 @@ def _not_a_dead_letter(delivery_id: str, row: StoredDelivery | None, action: str
     return "not in the outbox: it was delivered already, or purged (the outbox keeps only pending deliveries and dead letters)"
 
 
-async def _nothing_for_client(outbox: Outbox, config: Config, client: str, action: str) -> str:
+async def _nothing_for_client(outbox: Store, config: Config, client: str, action: str) -> str:
     """What to tell when ``--client NAME`` found nothing to retry or purge."""
     pending = (await outbox.stats()).get(client, (0, 0, None))[0]
     some_pending = plural(pending, "pending delivery", "pending deliveries")

@@ -27,18 +27,20 @@ from .dispatch import ClientRoute, Dispatcher, Routing
 from .intake import Intake
 from .logs import redactor
 from .metrics import Metrics
-from .outbox import Outbox, OutboxError
 from .plugins import PluginRegistry
 from .reload import ConfigHolder, LiveConfig, watch_config
 from .server import IntakeRunner, create_app
 from .sessions import SessionTracker
 from .sizes import format_size
+from .storage import OutboxError, Store
+from .storage.sqlite import Outbox
 from .systemd import Notifier, inherited_sockets
 from .wording import plural
 
 log = logging.getLogger("figrelay")
 
 OUTBOX_FILE = "outbox.sqlite3"
+"""The SQLite back end's file in ``state_dir`` (also read by ``figrelay deliveries``, ``events``, ``trace``)."""
 
 
 class StartupError(Exception):
@@ -82,6 +84,8 @@ def describe(sock: socket.socket) -> str:
 async def _watch_outbox(outbox: Outbox, dispatcher: Dispatcher, every: float = 1.0) -> None:
     """Pick up deliveries another process revived (``figrelay deliveries retry``): SQLite's
     data_version changes exactly when another connection commits."""
+    # SQLite-specific (typed against the SQLite Outbox, not Store): the PostgreSQL back end will
+    # hear other processes' commits through LISTEN/NOTIFY instead of polling data_version.
     version = await outbox.data_version()
     while True:
         await asyncio.sleep(every)
@@ -95,7 +99,7 @@ async def _watch_outbox(outbox: Outbox, dispatcher: Dispatcher, every: float = 1
             log.error("cannot check the outbox for outside changes: %s", exc)
 
 
-async def _expire_waiting(outbox: Outbox, holder: ConfigHolder, every: float = 60.0) -> None:
+async def _expire_waiting(outbox: Store, holder: ConfigHolder, every: float = 60.0) -> None:
     """Deliveries of a client that a reload removed wait for its return, but not for ever:
     past ``delivery.max_age`` they become dead letters, as they would have while failing."""
     while True:
@@ -122,7 +126,7 @@ JOURNAL_PRUNE_EVERY = 60.0
 
 
 async def _prune_journal(
-    outbox: Outbox, holder: ConfigHolder, metrics: Metrics, every: float = JOURNAL_PRUNE_EVERY, first: float = JOURNAL_PRUNE_FIRST,
+    outbox: Store, holder: ConfigHolder, metrics: Metrics, every: float = JOURNAL_PRUNE_EVERY, first: float = JOURNAL_PRUNE_FIRST,
     clock: Callable[[], float] = time.time,
 ) -> None:
     """Keep the journal within ``journal.retention`` and ``journal.max_bytes``, and empty it while
@@ -230,6 +234,8 @@ async def serve(
         live = await holder.load()
         config = live.config
 
+        # The one place the daemon chooses its back end (SQLite, in state_dir); below, only
+        # _watch_outbox needs the SQLite class itself, everything else takes a Store.
         outbox = Outbox(config.state_dir / OUTBOX_FILE)
         try:
             await outbox.open(accept_empty=accept_empty_state)

@@ -50,7 +50,7 @@ from .delivery import Delivered, Delivery, Failed, Outcome, Retry, Target
 from .events import EventError, FigEvent, parse_event_body
 from .logs import redactor
 from .messages import describe, digest
-from .outbox import ClientHealth, Outbox, OutcomeWrites, StoredDelivery
+from .storage import ClientHealth, OutcomeWrites, Store, StoredDelivery
 from .templates import MessageTemplates
 from .wording import plural
 
@@ -151,7 +151,7 @@ class _Lane:
 class Dispatcher:
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: Store,
         routing: Routing,
         observer: DeliveryObserver | None = None,
         clock: Clock = time.time,

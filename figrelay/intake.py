@@ -17,10 +17,10 @@ from .config import HookConfig
 from .dispatch import Dispatcher
 from .events import ClientStatusChanged, FigEvent
 from .metrics import Metrics
-from .outbox import NewDelivery, Outbox, SessionWrite
 from .reload import ConfigHolder
 from .rules import RegexTimeout
 from .sessions import SessionTracker, crossings
+from .storage import NewDelivery, SessionWrite, Store
 
 log = logging.getLogger("figrelay.intake")
 
@@ -46,7 +46,7 @@ def new_delivery_id() -> str:
 
 
 class Intake:
-    def __init__(self, holder: ConfigHolder, sessions: SessionTracker, outbox: Outbox, dispatcher: Dispatcher, metrics: Metrics | None = None) -> None:
+    def __init__(self, holder: ConfigHolder, sessions: SessionTracker, outbox: Store, dispatcher: Dispatcher, metrics: Metrics | None = None) -> None:
         self._metrics = metrics or Metrics()
         self._holder = holder
         self._sessions = sessions

@@ -15,7 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder
 from .delivery import Delivered, Delivery, Failed, Outcome
 from .dispatch import DeliveryObserver
 from .journal import JournalStats, Pruned
-from .outbox import StoredDelivery
+from .storage import StoredDelivery
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 

@@ -32,9 +32,10 @@ from .intake import Intake
 from .journal_queries import JournalUnavailable, QueryError, UnknownIdError, open_read_only
 from .logs import OncePerKey, redactor
 from .metrics import Metrics
-from .outbox import Outbox, OutboxError, UnstorableError
 from .reload import ConfigHolder
 from .replay import ReplayPlan, ReplayRequest, answer, plan_replay, request_from_json, schedule_items, stored
+from .storage import OutboxError, Store, UnstorableError
+from .storage.sqlite import Outbox
 
 log = logging.getLogger("figrelay.server")
 
@@ -42,7 +43,7 @@ INTAKE = web.AppKey("intake", Intake)
 HOLDER = web.AppKey("holder", ConfigHolder)
 READY = web.AppKey("ready", Callable[[], bool])
 METRICS = web.AppKey("metrics", Metrics)
-OUTBOX = web.AppKey("outbox", Outbox)
+OUTBOX = web.AppKey("outbox", Store)
 
 _JSON_TYPES = ("application/json", "text/json")
 _ROUTE_LIST = [f"POST /{r}" for r in ROUTES]
@@ -451,9 +452,12 @@ async def replay_deliveries(request: web.Request) -> web.Response:
     return web.json_response(answer(plan, ask.dry_run), dumps=_json_text)
 
 
-def _plan_replay(outbox: Outbox, ask: ReplayRequest, config: Config, now: float) -> ReplayPlan:
+def _plan_replay(outbox: Store, ask: ReplayRequest, config: Config, now: float) -> ReplayPlan:
     """Plan on a read-only connection of its own, in a thread: the outbox's connection stays free
     for the intake's and the dispatcher's writes while the journal is read."""
+    # SQLite-specific: the plan reads the SQLite file (replay.py's queries, and the sqlite3.Error
+    # caught above); the PostgreSQL back end will need a planner on a connection of its own.
+    assert isinstance(outbox, Outbox), "replay planning reads the SQLite journal"
     conn = open_read_only(outbox.path)
     try:
         return plan_replay(conn, ask, config, now)
@@ -467,7 +471,7 @@ async def other_method(request: web.Request) -> web.Response:
     raise web.HTTPMethodNotAllowed(request.method, ["POST"])
 
 
-def create_app(intake: Intake, holder: ConfigHolder, ready: Callable[[], bool], outbox: Outbox, metrics: Metrics) -> web.Application:
+def create_app(intake: Intake, holder: ConfigHolder, ready: Callable[[], bool], outbox: Store, metrics: Metrics) -> web.Application:
     # aiohttp's own cap stays high: the configurable, reloadable limit is checked per request.
     app = web.Application(middlewares=[track_requests, json_errors], client_max_size=1024**3)
     app[INTAKE] = intake

@@ -11,8 +11,8 @@ from pathlib import Path
 from conftest import event as fig_event
 from figrelay import journal
 from figrelay.config import Config, load_config
-from figrelay.outbox import Outbox
 from figrelay.plugins import load_plugins
+from figrelay.storage.sqlite import Outbox
 
 CONFIG = """\
 listen: 127.0.0.1:0

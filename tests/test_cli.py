@@ -260,7 +260,7 @@ def test_retry_or_purge_of_a_pending_id_says_it_is_still_pending():
     import time
 
     from figrelay.commands import _not_a_dead_letter
-    from figrelay.outbox import StoredDelivery
+    from figrelay.storage import StoredDelivery
 
     row = StoredDelivery("6f0c" * 8, "siem", "SecurityEvent", b"{}", 0, time.time() - 60, 3, time.time() + 30, "pending", "HTTP 503", None)
     why = _not_a_dead_letter(row.id, row, "retry")

@@ -14,8 +14,9 @@ from figrelay.config import DeliverySettings, HookConfig
 from figrelay.delivery import Delivered, Delivery, Failed, Outcome, Retry
 from figrelay.dispatch import ClientRoute, DeliveryObserver, Dispatcher, Routing, backoff_delay
 from figrelay.messages import Severity
-from figrelay.outbox import NewDelivery, Outbox, OutboxError, OutcomeWrites
 from figrelay.samples import sample_events
+from figrelay.storage import NewDelivery, OutboxError, OutcomeWrites
+from figrelay.storage.sqlite import Outbox
 from figrelay.templates import MessageTemplates
 
 SETTINGS = DeliverySettings(backoff_base=0.05, backoff_max=0.5, attempt_timeout=5, shutdown_timeout=1)

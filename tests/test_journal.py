@@ -10,7 +10,8 @@ import pytest
 
 from conftest import event, wait_until
 from figrelay import journal
-from figrelay.outbox import NewDelivery, Outbox, OutcomeWrites
+from figrelay.storage import NewDelivery, OutcomeWrites
+from figrelay.storage.sqlite import Outbox
 from test_e2e import AUTH, relay_config
 
 

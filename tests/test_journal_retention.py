@@ -24,7 +24,8 @@ from figrelay import journal
 from figrelay.config import JournalSettings
 from figrelay.daemon import JOURNAL_PRUNE_EVERY, JOURNAL_PRUNE_FIRST, _prune_journal
 from figrelay.metrics import Metrics
-from figrelay.outbox import NewDelivery, Outbox
+from figrelay.storage import NewDelivery
+from figrelay.storage.sqlite import Outbox
 from test_e2e import daemon_config
 
 DAY = 86400.0

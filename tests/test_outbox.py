@@ -1,4 +1,4 @@
-"""Unit tests for figrelay.outbox with a real SQLite file under tmp_path."""
+"""Unit tests for figrelay.storage.sqlite (the SQLite Outbox) with a real SQLite file under tmp_path."""
 
 from __future__ import annotations
 
@@ -14,18 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from figrelay.outbox import (
-    JOURNAL_SIZE_LIMIT,
-    SCHEMA_VERSION,
-    WAL_AUTOCHECKPOINT_PAGES,
-    NewDelivery,
-    Outbox,
-    OutboxError,
-    SessionWrite,
-    StoredDelivery,
-    StoreLostError,
-    UnstorableError,
-)
+from figrelay.storage import NewDelivery, OutboxError, SessionWrite, StoredDelivery, StoreLostError, UnstorableError
+from figrelay.storage.sqlite import JOURNAL_SIZE_LIMIT, SCHEMA_VERSION, WAL_AUTOCHECKPOINT_PAGES, Outbox
 
 
 def new(i: int | str, client: str = "siem", *, created_at: float = 1000.0, route: str = "SecurityEvent", hook: int | None = 0) -> NewDelivery:

@@ -13,8 +13,8 @@ from journal_helpers import CONFIG, assert_on_indexes, config, plan_of
 from figrelay import replay as replay_module
 from figrelay.journal import JournalDelivery
 from figrelay.journal_queries import QueryError, UnknownIdError
-from figrelay.outbox import Outbox
 from figrelay.replay import ReplayRequest, plan_replay, request_from_json
+from figrelay.storage.sqlite import Outbox
 
 T0 = 1_750_000_000.0
 NOW = T0 + 86400

@@ -1,4 +1,5 @@
-"""The durable outbox: one SQLite row per delivery, written before the intake answers.
+"""The SQLite back end of the storage contract (``Store``, in base.py), and figrelay's default:
+the durable outbox, one SQLite row per delivery, written before the intake answers.
 
 One thread owns the connection; every read and write runs there, so the event loop never blocks
 on disk. Writes from concurrent requests are grouped: while one transaction commits, the next
@@ -23,6 +24,11 @@ out when it does again.
 A marker file beside the database (``outbox.marker``) holds the store's id, which the database
 keeps too. When the marker is there but the database is missing, empty or another store,
 deliveries were lost: ``open`` refuses unless told to accept that (``accept_empty``).
+
+Beyond ``Store``, the daemon uses two things only this back end has (where the PostgreSQL one will
+differ): ``data_version``, which it polls to notice another process's commits (PostgreSQL:
+LISTEN/NOTIFY), and ``path``, the file the journal commands and replay planning read on
+connections of their own. The marker, the WAL and the full-disk recovery are SQLite's alone.
 """
 
 from __future__ import annotations
@@ -42,8 +48,20 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import journal
+from .. import journal
+from .base import (
+    ClientHealth,
+    NewDelivery,
+    OutboxError,
+    OutboxHealth,
+    OutcomeWrites,
+    SessionWrite,
+    StoredDelivery,
+    StoreLostError,
+    UnstorableError,
+)
 
+# The logger keeps the module's old name, so that operators' log filters and alerts keep matching.
 log = logging.getLogger("figrelay.outbox")
 
 # SQLite checkpoints the WAL into the database after 1000 pages (4 MiB) by default. A WAL that
@@ -97,98 +115,13 @@ CREATE TABLE IF NOT EXISTS client_health (
 T = TypeVar("T")
 
 
-class OutboxError(Exception):
-    """The outbox could not be opened or written."""
-
-
-class UnstorableError(OutboxError):
-    """This one write cannot be stored as it is (a text SQLite cannot encode, a broken
-    constraint): trying it again will not help, and it says nothing about the outbox's health."""
-
-
-class StoreLostError(OutboxError):
-    """The marker says a store existed, but the database is missing, empty or another store."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxHealth:
-    """Whether the outbox takes writes. While it does not, ``error`` is the last storage error;
-    ``since`` (wall clock) is when the current state began."""
-
-    writable: bool
-    since: float
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NewDelivery:
-    id: str
-    client: str
-    route: str
-    body: bytes
-    hook: int | None
-    created_at: float
-    dead_reason: str | None = None
-    """Store it as a dead letter at once, with this as its last error (a hook regex that ran out
-    of time: the operator decides whether to send it)."""
-    event_id: str | None = None
-    """The accepted event it was made from (the journal's key)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredDelivery:
-    id: str
-    client: str
-    route: str
-    body: bytes
-    hook: int | None
-    created_at: float
-    attempts: int
-    next_attempt_at: float
-    state: str
-    last_error: str | None
-    dead_at: float | None
-    event_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SessionWrite:
-    client: str
-    key: str
-    connected: bool
-
-
-@dataclass(frozen=True, slots=True)
-class OutcomeWrites:
-    """The outbox writes one send's outcome makes."""
-
-    now: float
-    delivered: Sequence[str] = ()
-    dead: Sequence[tuple[str, int | None, str]] = ()
-    """(id, attempts, reason); attempts None keeps the stored count (expired without a try)"""
-    retry: Sequence[tuple[str, int, float, str]] = ()
-    """(id, attempts, next_attempt_at, reason)"""
-    attempts: Sequence[journal.Attempt] = ()
-    """The tries this outcome ends, for the journal."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClientHealth:
-    """A client's circuit as the dispatcher sees it: ``closed`` (sending), ``open`` (failing:
-    one probe at a time, the rest wait)."""
-
-    client: str
-    state: str
-    failures: int
-    since: float | None = None
-    next_probe_at: float | None = None
-    last_error: str | None = None
-
-
 _COLUMNS = "id, client, route, body, hook, created_at, attempts, next_attempt_at, state, last_error, dead_at, event_id"
 
 
 class Outbox:
+    """The SQLite ``Store``: ``state_dir/outbox.sqlite3`` (deliveries, sessions, circuits and the
+    journal, in one file) and its marker beside it."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.marker_path = path.with_name(path.stem + MARKER_SUFFIX)
@@ -765,7 +698,9 @@ class Outbox:
         return await self._run(read)
 
     async def data_version(self) -> int:
-        """Changes whenever another process (``figrelay deliveries ...``) commits to the outbox."""
+        """Changes whenever another process (``figrelay deliveries ...``) commits to the outbox.
+        SQLite's alone (not in ``Store``): the daemon polls it; the PostgreSQL back end will
+        have LISTEN/NOTIFY instead."""
         assert self._conn is not None
         conn = self._conn
         return await self._run(lambda: conn.execute("PRAGMA data_version").fetchone()[0])

@@ -142,16 +142,10 @@ async def send_event(config: Config | None, route: str, body: bytes, url: str | 
     headers = {"Content-Type": "application/json; charset=utf-8"}
     if secret:
         headers["Authorization"] = f"Secret {secret}"
-    connector = aiohttp.UnixConnector(path=unix) if unix else None
-    try:
-        async with aiohttp.ClientSession(connector=connector) as http:
-            async with http.post(f"{url.rstrip('/')}/{route}", data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as resp:
-                text = await resp.text()
-                status = resp.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        where = f"unix:{unix}" if unix else url
-        print(f"figrelay send: cannot reach figrelay at {where}: {exc or type(exc).__name__} (is it running?)", file=sys.stderr)
+    answered = await post_to_daemon("send", url, unix, route, body, headers, timeout=30)
+    if answered is None:
         return 1
+    status, text = answered
     try:
         text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
     except json.JSONDecodeError:
@@ -176,6 +170,22 @@ def _found(pattern: HookPattern, text: str, limit: float) -> bool:
         return limited.search(text, timeout=limit) is not None
     except TimeoutError:
         raise _TooSlow(pattern.pattern) from None
+
+
+async def post_to_daemon(
+    command: str, url: str, unix: str | None, path: str, body: bytes, headers: dict[str, str], timeout: float
+) -> tuple[int, str] | None:
+    """POST to the running daemon (over its unix socket when ``unix`` is set); (status, text),
+    or None after saying on stderr that it cannot be reached."""
+    connector = aiohttp.UnixConnector(path=unix) if unix else None
+    try:
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async with http.post(f"{url.rstrip('/')}/{path}", data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                return resp.status, await resp.text()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        where = f"unix:{unix}" if unix else url
+        print(f"figrelay {command}: cannot reach figrelay at {where}: {exc or type(exc).__name__} (is it running?)", file=sys.stderr)
+        return None
 
 
 def _explain(hook: HookConfig, client_name: str | None, settings: Sequence[str], limit: float) -> tuple[bool, str]:

@@ -21,9 +21,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
-import aiohttp
-
-from .commands import _age, _daemon_address, _explain, table
+from .commands import _age, _daemon_address, _explain, post_to_daemon, table
 from .config import Config
 from .daemon import OUTBOX_FILE
 from .durations import parse_duration
@@ -375,16 +373,10 @@ async def replay_command(
     headers = {"Content-Type": "application/json"}
     if secret:  # from this machine the daemon needs none; through another address it does
         headers["Authorization"] = f"Secret {secret}"
-    connector = aiohttp.UnixConnector(path=unix) if unix else None
-    try:
-        async with aiohttp.ClientSession(connector=connector) as http:
-            async with http.post(f"{url.rstrip('/')}/-/replay", json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as resp:
-                text = await resp.text()
-                status = resp.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        where = f"unix:{unix}" if unix else url
-        print(f"figrelay replay: cannot reach figrelay at {where}: {exc or type(exc).__name__} (is it running?)", file=sys.stderr)
+    answered = await post_to_daemon("replay", url, unix, "-/replay", json.dumps(body).encode(), headers, timeout=60)
+    if answered is None:
         return 1
+    status, text = answered
     try:
         answer = json.loads(text)
     except json.JSONDecodeError:

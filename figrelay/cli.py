@@ -426,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Have the running daemon send delivered or dead deliveries again, as new deliveries with new ids that "
         "name the original (replay_of), paced, coalesced and retried like any other. Name event or delivery ids, or a "
         "window of time (the deliveries made in it). --dry-run lists what would go. A replay sends the original's body "
-        "while the outbox has it, else the received event matched again against the same hook (see docs/operations.md).",
+        "while the outbox has it, else the body the journal kept as sent, else the received event matched again against "
+        "the same hook (see docs/operations.md).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  figrelay replay --since 24h --client slack-ops --dry-run --config config.yaml\n"
         "  figrelay replay --since 24h --client slack-ops       # after a day in which slack-ops lost messages\n"

@@ -310,30 +310,27 @@ class _NameTest:
 # --- the SQL of each walk ----------------------------------------------------------------------
 
 
-def _event_window(filt: EventFilter) -> tuple[list[str], list[object]]:
+def _window(filt: EventFilter, column: str, slack_before: float = 0.0, slack_after: float = 0.0) -> tuple[list[str], list[object]]:
+    """``column`` within [since - slack_before, until + slack_after], for the filter's bounds that are set."""
     where: list[str] = []
     params: list[object] = []
     if filt.since is not None:
-        where.append("e.received_at >= ?")
-        params.append(filt.since)
+        where.append(f"{column} >= ?")
+        params.append(filt.since - slack_before)
     if filt.until is not None:
-        where.append("e.received_at <= ?")
-        params.append(filt.until)
+        where.append(f"{column} <= ?")
+        params.append(filt.until + slack_after)
     return where, params
+
+
+def _event_window(filt: EventFilter) -> tuple[list[str], list[object]]:
+    return _window(filt, "e.received_at")
 
 
 def _delivery_window(filt: EventFilter, column: str = "d.created_at") -> tuple[list[str], list[object]]:
     """The deliveries that count for events received in the window: made in it, give or take
     the clock's slack and the time a body takes to arrive."""
-    where: list[str] = []
-    params: list[object] = []
-    if filt.since is not None:
-        where.append(f"{column} >= ?")
-        params.append(filt.since - CLOCK_SLACK)
-    if filt.until is not None:
-        where.append(f"{column} <= ?")
-        params.append(filt.until + CREATE_LAG)
-    return where, params
+    return _window(filt, column, CLOCK_SLACK, CREATE_LAG)
 
 
 def _has_delivery(filt: EventFilter) -> tuple[list[str], list[object]]:

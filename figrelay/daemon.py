@@ -30,7 +30,6 @@ from .metrics import Metrics
 from .plugins import PluginRegistry
 from .reload import ConfigHolder, LiveConfig, watch_config
 from .server import IntakeRunner, create_app
-from .sessions import SessionTracker
 from .sizes import format_size
 from .storage import OutboxError, Store
 from .storage.sqlite import Outbox
@@ -247,7 +246,6 @@ async def serve(
         outbox.journal_enabled = config.journal.enabled
         holder.listeners.append(lambda live, old, removed: setattr(outbox, "journal_enabled", live.config.journal.enabled))
         try:
-            sessions = SessionTracker(await outbox.sessions())
             dispatcher = Dispatcher(outbox, routing_of(live), metrics)
 
             async def resume_returned(clients: list[str]) -> None:
@@ -279,7 +277,7 @@ async def serve(
             if waiting:
                 log.warning("deliveries of clients not in the configuration wait for them: %s", ", ".join(waiting))
 
-            intake = Intake(holder, sessions, outbox, dispatcher, metrics)
+            intake = Intake(holder, outbox, dispatcher, metrics)
             app = create_app(intake, holder, lambda: ready, outbox, metrics)
             runner = IntakeRunner(  # JSON answers and WARNING lines for malformed requests
                 app, handle_signals=False, access_log=None, shutdown_timeout=config.delivery.shutdown_timeout,
@@ -321,7 +319,7 @@ async def serve(
                 notifier.ready(f"serving {config.summary()}")
                 log.info(
                     "figrelay %s ready in %.2fs: %s; %d sessions tracked",
-                    __version__, time.monotonic() - started, config.summary(), sessions.total(),
+                    __version__, time.monotonic() - started, config.summary(), await outbox.session_count(),
                 )
                 await stop.wait()
                 ready = False

@@ -17,10 +17,10 @@ from .config import HookConfig
 from .dispatch import Dispatcher
 from .events import ClientStatusChanged, FigEvent
 from .metrics import Metrics
-from .reload import ConfigHolder
+from .reload import ConfigHolder, LiveConfig
 from .rules import RegexTimeout
-from .sessions import SessionTracker, crossings
-from .storage import NewDelivery, SessionWrite, Store
+from .sessions import crossings, session_write
+from .storage import NewDelivery, SessionChange, Store
 
 log = logging.getLogger("figrelay.intake")
 
@@ -46,16 +46,15 @@ def new_delivery_id() -> str:
 
 
 class Intake:
-    def __init__(self, holder: ConfigHolder, sessions: SessionTracker, outbox: Store, dispatcher: Dispatcher, metrics: Metrics | None = None) -> None:
+    def __init__(self, holder: ConfigHolder, outbox: Store, dispatcher: Dispatcher, metrics: Metrics | None = None) -> None:
         self._metrics = metrics or Metrics()
         self._holder = holder
-        self._sessions = sessions
         self._outbox = outbox
         self._dispatcher = dispatcher
 
     @property
-    def sessions(self) -> SessionTracker:
-        return self._sessions
+    def store(self) -> Store:
+        return self._outbox
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -88,45 +87,25 @@ class Intake:
                 continue
             new.append(NewDelivery(new_delivery_id(), match.hook.client, event.route, body, match.hook.index, now))
 
-        session_writes: list[SessionWrite] = []
-        change = None
         if isinstance(event, ClientStatusChanged) and not event.test:
-            change = self._sessions.apply(event)
-            if change is not None:
-                session_writes.append(SessionWrite(change.client, change.key, change.connected))
-                thresholds = live.rules.threshold_matches(change.client)
-                # a hook whose regex ran out of time is treated as matching: if it would cross, the
-                # raised event is kept as a dead letter; if not, nothing would have been sent anyway
-                unknown = {hook.index: (hook, timed_out) for hook, timed_out in thresholds if timed_out is not None}
-                for hook, raised in crossings(change, event, [hook for hook, _ in thresholds]):
-                    if hook.index in unknown:
-                        new.append(self._dead_letter(hook, unknown.pop(hook.index)[1], event, raised.route, raised.to_json(), now))
-                        continue
-                    new.append(NewDelivery(new_delivery_id(), hook.client, raised.route, raised.to_json(), hook.index, now))
-                    log.info(
-                        "%s: %s (%d run sessions, hook %d minimum %s)",
-                        change.client, raised.run_sessions_event.name, raised.run_sessions, hook.index, hook.min_sessions,
-                    )
-                for hook, timed_out in unknown.values():
-                    self._metrics.regex_timeouts.labels(hook.client, timed_out.key).inc()
-                    log.warning(
-                        "hook %d (%s to %s), %s for %s: %s '%s' took longer than %gms; no run-session minimum was crossed, so nothing is kept",
-                        hook.index, hook.event, hook.client, event.route, _shown(event.client_name), timed_out.key, timed_out.pattern, timed_out.budget * 1000,
-                    )
+            # the count, and the crossings it raises, are decided inside the store's transaction,
+            # against the sessions every replica committed (not this process's memory)
+            def complete(change: SessionChange | None) -> tuple[list[NewDelivery], journal.JournalEvent | None]:
+                made = new + (self._crossings(live, change, event, now) if change is not None else [])
+                made = [replace(d, event_id=event_id) for d in made]
+                return made, (self._journal_event(event_id, event, received, now, made) if self._outbox.journal_enabled else None)
 
-        new = [replace(d, event_id=event_id) for d in new]
-        journal_event = self._journal_event(event_id, event, received, now, new) if self._outbox.journal_enabled else None
-        if new or session_writes or journal_event is not None:
-            try:
-                await self._outbox.accept(new, session_writes, journal_event)
-            except Exception:
-                if change is not None:
-                    self._sessions.undo(change)
-                raise
-            self._dispatcher.schedule((d.id, d.client, now) for d in new if d.dead_reason is None)
-            for d in new:
-                if d.dead_reason is None:
-                    self._metrics.matches.labels(d.client, d.route).inc()
+            _, stored = await self._outbox.accept_counted(session_write(event), complete)
+            new = list(stored)
+        else:
+            new = [replace(d, event_id=event_id) for d in new]
+            journal_event = self._journal_event(event_id, event, received, now, new) if self._outbox.journal_enabled else None
+            if new or journal_event is not None:
+                await self._outbox.accept(new, (), journal_event)
+        self._dispatcher.schedule((d.id, d.client, now) for d in new if d.dead_reason is None)
+        for d in new:
+            if d.dead_reason is None:
+                self._metrics.matches.labels(d.client, d.route).inc()
         subject = event.setting_client or getattr(event, "username", None) or "-"
         fields = {"event_id": event_id, "route": event.route}
         if new:
@@ -138,6 +117,30 @@ class Intake:
         else:
             log.info("accepted %s for %s: no hook matched", event.route, subject, extra=fields)
         return Accepted(event, tuple(new), event_id=event_id)
+
+    def _crossings(self, live: LiveConfig, change: SessionChange, event: ClientStatusChanged, now: float) -> list[NewDelivery]:
+        """The MinRunSessions deliveries one counted change raises. A hook whose regex ran out of
+        time is treated as matching: if it would cross, the raised event is kept as a dead letter;
+        if not, nothing would have been sent anyway (logged, counted)."""
+        new: list[NewDelivery] = []
+        thresholds = live.rules.threshold_matches(change.client)
+        unknown = {hook.index: (hook, timed_out) for hook, timed_out in thresholds if timed_out is not None}
+        for hook, raised in crossings(change, event, [hook for hook, _ in thresholds]):
+            if hook.index in unknown:
+                new.append(self._dead_letter(hook, unknown.pop(hook.index)[1], event, raised.route, raised.to_json(), now))
+                continue
+            new.append(NewDelivery(new_delivery_id(), hook.client, raised.route, raised.to_json(), hook.index, now))
+            log.info(
+                "%s: %s (%d run sessions, hook %d minimum %s)",
+                change.client, raised.run_sessions_event.name, raised.run_sessions, hook.index, hook.min_sessions,
+            )
+        for hook, timed_out in unknown.values():
+            self._metrics.regex_timeouts.labels(hook.client, timed_out.key).inc()
+            log.warning(
+                "hook %d (%s to %s), %s for %s: %s '%s' took longer than %gms; no run-session minimum was crossed, so nothing is kept",
+                hook.index, hook.event, hook.client, event.route, _shown(event.client_name), timed_out.key, timed_out.pattern, timed_out.budget * 1000,
+            )
+        return new
 
     @staticmethod
     def _journal_event(event_id: str, event: FigEvent, received: bytes | None, now: float, new: list[NewDelivery]) -> journal.JournalEvent:

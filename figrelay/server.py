@@ -360,7 +360,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         stats = {}
     metrics.set_outbox(stats, list(app[HOLDER].current.config.clients))
     metrics.outbox_writable.set(1 if app[OUTBOX].health.writable else 0)
-    metrics.sessions.set(app[INTAKE].sessions.total())
+    try:
+        metrics.sessions.set(await app[OUTBOX].session_count())
+    except Exception as exc:
+        log.error("metrics: cannot count the run sessions: %s", exc)
     try:
         metrics.set_journal(await app[OUTBOX].journal_stats())
     except Exception as exc:  # the journal's figures keep their last values

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from .config import HookConfig
 from .events import ClientStatusChanged, ConnectionEvent, MinRunSessions, RunSessionsEvent
+from .storage.base import SessionChange, SessionWrite
 
 SessionKey = str
 """A session's identity as stored: JSON of [Instance, Hostname, IpAddress, StartTime ticks]."""
@@ -28,16 +28,9 @@ def session_key(event: ClientStatusChanged) -> SessionKey:
     return json.dumps([event.instance, event.hostname, event.ip_address, ticks], separators=(",", ":"))
 
 
-@dataclass(frozen=True, slots=True)
-class SessionChange:
-    """One counted change: a new session connected or a known one left."""
-
-    client: str
-    key: SessionKey
-    connected: bool
-    count: int
-    """Fig's ``count``: after a connect, the sessions including the new one; before a
-    disconnect, the sessions still including the leaving one."""
+def session_write(event: ClientStatusChanged) -> SessionWrite:
+    """The session change a status event asks for, before it is counted."""
+    return SessionWrite(event.client_name, session_key(event), event.connection_event == ConnectionEvent.Connected)
 
 
 class SessionTracker:
@@ -54,27 +47,34 @@ class SessionTracker:
     def total(self) -> int:
         return sum(len(s) for s in self._sessions.values())
 
+    def all(self) -> list[tuple[str, SessionKey]]:
+        return [(client, key) for client, keys in self._sessions.items() for key in keys]
+
     def clients(self) -> dict[str, int]:
         return {client: len(keys) for client, keys in self._sessions.items()}
 
     def apply(self, event: ClientStatusChanged) -> SessionChange | None:
         """Count a status event; None when it changes nothing (a repeat or an unknown session)."""
-        key = session_key(event)
-        live = self._sessions.setdefault(event.client_name, set())
-        if event.connection_event == ConnectionEvent.Connected:
+        return self.apply_write(session_write(event))
+
+    def apply_write(self, write: SessionWrite) -> SessionChange | None:
+        """Count one session's connect or disconnect; None when it changes nothing."""
+        key = write.key
+        live = self._sessions.setdefault(write.client, set())
+        if write.connected:
             if key in live:
                 return None
             live.add(key)
-            return SessionChange(event.client_name, key, True, len(live))
+            return SessionChange(write.client, key, True, len(live))
         if key not in live:
             if not live:
-                del self._sessions[event.client_name]
+                del self._sessions[write.client]
             return None
         count = len(live)
         live.discard(key)
         if not live:
-            del self._sessions[event.client_name]
-        return SessionChange(event.client_name, key, False, count)
+            del self._sessions[write.client]
+        return SessionChange(write.client, key, False, count)
 
     def undo(self, change: SessionChange) -> None:
         """Reverse an applied change (when storing it failed)."""

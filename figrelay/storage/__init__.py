@@ -25,10 +25,12 @@ from __future__ import annotations
 
 from .base import (
     ClientHealth,
+    Completion,
     NewDelivery,
     OutboxError,
     OutboxHealth,
     OutcomeWrites,
+    SessionChange,
     SessionWrite,
     Store,
     StoredDelivery,
@@ -38,10 +40,12 @@ from .base import (
 
 __all__ = [
     "ClientHealth",
+    "Completion",
     "NewDelivery",
     "OutboxError",
     "OutboxHealth",
     "OutcomeWrites",
+    "SessionChange",
     "SessionWrite",
     "Store",
     "StoreLostError",

@@ -8,7 +8,7 @@ use SQLite itself (see this package's docstring), know which back end they have.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -82,6 +82,24 @@ class SessionWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionChange:
+    """One counted change: a new session connected or a known one left."""
+
+    client: str
+    key: str
+    connected: bool
+    count: int
+    """Fig's ``count``: after a connect, the sessions including the new one; before a
+    disconnect, the sessions still including the leaving one."""
+
+
+Completion = Callable[["SessionChange | None"], "tuple[Sequence[NewDelivery], journal.JournalEvent | None]"]
+"""What an event makes once its session change is counted: its deliveries (including the
+MinRunSessions crossings the count raises) and its journal event. Called inside the store's
+transaction, so it must be quick and pure (no I/O, no await)."""
+
+
+@dataclass(frozen=True, slots=True)
 class OutcomeWrites:
     """The outbox writes one send's outcome makes."""
 
@@ -145,8 +163,16 @@ class Store(Protocol):
         """Commit the deliveries (due now), session changes and journal event in one transaction, durably, before returning."""
         ...
 
-    async def sessions(self) -> list[tuple[str, str]]:
-        """Every open run session as (setting client, session key), as the committed ``accept`` calls left them."""
+    async def accept_counted(self, session: SessionWrite, complete: Completion) -> tuple[SessionChange | None, Sequence[NewDelivery]]:
+        # The change is applied against the committed sessions (None when it changes nothing: a
+        # repeated Connected, an unknown Disconnected); ``complete`` turns it into deliveries and a
+        # journal event inside the transaction. Serialised per setting client across every process
+        # sharing the store, so two replicas counting at once see each other's change.
+        """Count one run-session change and commit the deliveries and journal event it makes with it, once per change across replicas; return (change, deliveries stored)."""
+        ...
+
+    async def session_count(self) -> int:
+        """How many run sessions are open now, across every process sharing the store (/metrics)."""
         ...
 
     # --- the dispatcher
@@ -222,6 +248,8 @@ __all__ = [
     "OutboxError",
     "OutboxHealth",
     "OutcomeWrites",
+    "Completion",
+    "SessionChange",
     "SessionWrite",
     "Store",
     "StoreLostError",

@@ -49,12 +49,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import journal
+from ..sessions import SessionTracker
 from .base import (
     ClientHealth,
+    Completion,
     NewDelivery,
     OutboxError,
     OutboxHealth,
     OutcomeWrites,
+    SessionChange,
     SessionWrite,
     StoredDelivery,
     StoreLostError,
@@ -137,6 +140,8 @@ class Outbox:
         self.commits = 0
         self.journal_enabled = True
         """Whether accepting and recording also write the journal (``journal.enabled``)."""
+        self._sessions = SessionTracker()
+        """The committed run sessions, counted in memory: this process is the store's only writer."""
 
     @property
     def health(self) -> OutboxHealth:
@@ -154,6 +159,7 @@ class Outbox:
         does not stop an existing store from opening: it starts unwritable and recovers by
         itself when space returns."""
         await self._run(self._open_sync, accept_empty)
+        self._sessions = SessionTracker(await self.sessions())
         if not self._health.writable:
             self._start_probe()
 
@@ -580,6 +586,23 @@ class Outbox:
                     conn.execute("DELETE FROM sessions WHERE client = ? AND key = ?", (s.client, s.key))
 
         await self._write(op)
+
+    async def accept_counted(self, session: SessionWrite, complete: Completion) -> tuple[SessionChange | None, Sequence[NewDelivery]]:
+        """Count the change in memory (one process owns this file, and the event loop runs one
+        count at a time), then store it with what it makes; undone if the write fails."""
+        change = self._sessions.apply_write(session)
+        deliveries, event = complete(change)
+        try:
+            if deliveries or change is not None or event is not None:
+                await self.accept(deliveries, [session] if change is not None else [], event)
+        except BaseException:
+            if change is not None:
+                self._sessions.undo(change)
+            raise
+        return change, deliveries
+
+    async def session_count(self) -> int:
+        return self._sessions.total()
 
     async def delivered(self, delivery_id: str) -> None:
         await self._write(lambda conn: conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,)))

@@ -25,6 +25,7 @@ from .events import ROUTES
 from .hookregex import DEFAULT_TIME_LIMIT, HookPattern, TimeLimit, compile_hook_regex
 from .plugins import PluginRegistry
 from .sizes import Size, format_size
+from .storage.postgresql import PostgresTarget, StorageURLError, parse_storage_url
 from .templates import MessageTemplates, TemplateError, check_template
 from .wording import plural
 
@@ -401,6 +402,32 @@ class DeliverySettings(_Strict):
 MIN_JOURNAL_BYTES = 1000**2
 
 
+class StorageSettings(_Strict):
+    """``storage:`` as a mapping: the shared PostgreSQL database of several replicas, and how long
+    a replica's hold on its work lasts without renewal."""
+
+    url: str
+    """postgresql://USER:PASSWORD@HOST:PORT/DATABASE, libpq options (sslmode, …) in the query."""
+    lease: Duration = 15.0
+    """How long a replica's lanes and claims last unrenewed: the work of a replica that died
+    waits this long before another takes it. Renewed every third of it."""
+
+    @field_validator("lease")
+    @classmethod
+    def _lease(cls, v: float) -> float:
+        if not 1 <= v <= 600:
+            raise ValueError("must be between 1s and 10m, e.g. 15s")
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class StorageChoice:
+    """A PostgreSQL store shared by replicas (absent: SQLite in state_dir)."""
+
+    target: PostgresTarget
+    lease: float = 15.0
+
+
 class JournalSettings(_Strict):
     """The event journal (figrelay/journal.py): every accepted event and delivery attempt, kept for
     ``figrelay events``, ``trace`` and ``replay`` and pruned in the background."""
@@ -486,6 +513,7 @@ class _TopModel(BaseModel):
     hooks: list[Any] = []
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     journal: JournalSettings = JournalSettings()
+    storage: str | StorageSettings | None = None
 
 
 def _valid_top_key(key: str, value: Any) -> bool:
@@ -551,10 +579,18 @@ class Config:
     """With ``need_credentials=False``: the values left unresolved, by key path (see load_config)."""
     journal: JournalSettings = field(default_factory=JournalSettings)
     """``journal:``: whether the journal is kept, and how long and how large."""
+    storage: StorageChoice | None = None
+    """``storage:``: the PostgreSQL database replicas share; None: SQLite in ``state_dir``."""
+    digest: str = ""
+    """A hash of the file's text: replicas sharing a store must run the same configuration, and
+    /readyz and /metrics show it so that a mismatch is visible."""
 
     def summary(self) -> str:
         listen = ", ".join(str(l) for l in self.listen)
-        return f"{self.path}: {plural(len(self.clients), 'client')}, {plural(len(self.hooks), 'hook')}, listening on {listen}"
+        text = f"{self.path}: {plural(len(self.clients), 'client')}, {plural(len(self.hooks), 'hook')}, listening on {listen}"
+        if self.storage is not None:
+            text += f", sharing PostgreSQL at {self.storage.target.address()}"
+        return text
 
     def unresolved_under(self, *prefix: str | int) -> list[Problem]:
         """The values left unresolved at or under this key path, e.g. ("clients", 0) or ("intake", "secret")."""
@@ -762,6 +798,16 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
     if not state_dir.is_absolute():
         state_dir = base_dir / state_dir
 
+    storage = None
+    if top.storage is not None:
+        settings = top.storage if isinstance(top.storage, StorageSettings) else StorageSettings(url=top.storage)
+        storage_key: Path_ = ("storage", "url") if isinstance(top.storage, StorageSettings) else ("storage",)
+        try:
+            storage = StorageChoice(parse_storage_url(settings.url), settings.lease)
+        except StorageURLError as exc:
+            for problem in exc.problems:
+                out.add(storage_key, problem)
+
     # hooks first: a client's templates are checked against the events its hooks send it
     hook_models: list[tuple[int, _HookModel]] = []
     for i, raw_hook in enumerate(top.hooks):
@@ -773,7 +819,7 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
     # clients
     clients: dict[str, ClientConfig] = {}
     known_clients: dict[str, str | None] = {}  # name -> type, for every client named, valid or not
-    secrets = _secret_values(intake) | out.file_values
+    secrets = _secret_values(intake) | out.file_values | set(storage.target.secrets() if storage is not None else ())
     for i, raw in enumerate(top.clients):
         cpath: Path_ = ("clients", i)
         if not isinstance(raw, dict):
@@ -884,4 +930,6 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
         log_level=top.log_level,
         unresolved=tuple(out.unresolved),
         journal=top.journal,
+        storage=storage,
+        digest=hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16],
     )

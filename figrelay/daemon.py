@@ -25,6 +25,7 @@ from .config import ConfigError, Listener
 from .connections import KEEPALIVE_TIMEOUT, ConnectionGate, IntakeSite
 from .dispatch import ClientRoute, Dispatcher, Routing
 from .intake import Intake
+from .lanes import LaneKeeper
 from .logs import redactor
 from .metrics import Metrics
 from .plugins import PluginRegistry
@@ -32,6 +33,7 @@ from .reload import ConfigHolder, LiveConfig, watch_config
 from .server import IntakeRunner, create_app
 from .sizes import format_size
 from .storage import OutboxError, Store
+from .storage.postgresql_store import PostgresStore
 from .storage.sqlite import Outbox
 from .systemd import Notifier, inherited_sockets
 from .wording import plural
@@ -233,20 +235,34 @@ async def serve(
         live = await holder.load()
         config = live.config
 
-        # The one place the daemon chooses its back end (SQLite, in state_dir); below, only
-        # _watch_outbox needs the SQLite class itself, everything else takes a Store.
-        outbox = Outbox(config.state_dir / OUTBOX_FILE)
-        try:
-            await outbox.open(accept_empty=accept_empty_state)
-        except OutboxError as exc:
-            await outbox.close()
-            await holder.close()
-            raise StartupError(f"{exc} (check state_dir in {config_path})") from None
+        # The one place the daemon chooses its back end: SQLite in state_dir (the default), opened
+        # before the listeners, or PostgreSQL shared by replicas, opened after them so that /readyz
+        # can say "not ready" while the database is being waited for.
+        keeper: LaneKeeper | None = None
+        outbox: Store
+        if config.storage is None:
+            sqlite = Outbox(config.state_dir / OUTBOX_FILE)
+            outbox = sqlite
+            try:
+                await sqlite.open(accept_empty=accept_empty_state)
+            except OutboxError as exc:
+                await sqlite.close()
+                await holder.close()
+                raise StartupError(f"{exc} (check state_dir in {config_path})") from None
+        else:
+            shared = PostgresStore(config.storage.target, lease=config.storage.lease, config_hash=config.digest)
+            shared.on_claim = metrics.claims.inc
+            outbox = shared
+            holder.listeners.append(lambda live, old, removed: setattr(shared, "config_hash", live.config.digest))
+        metrics.set_config_hash(config.digest)
+        holder.listeners.append(lambda live, old, removed: metrics.set_config_hash(live.config.digest))
         # before the first event: the intake and dispatcher read it on every write
         outbox.journal_enabled = config.journal.enabled
         holder.listeners.append(lambda live, old, removed: setattr(outbox, "journal_enabled", live.config.journal.enabled))
         try:
-            dispatcher = Dispatcher(outbox, routing_of(live), metrics)
+            dispatcher = Dispatcher(outbox, routing_of(live), metrics, owns=lambda client: keeper is None or keeper.owns(client))
+            if isinstance(outbox, PostgresStore):
+                keeper = LaneKeeper(outbox, dispatcher, lambda: holder.current.config.clients, metrics)
 
             async def resume_returned(clients: list[str]) -> None:
                 for client in clients:
@@ -268,16 +284,24 @@ async def serve(
 
             holder.listeners.append(on_swap)
 
-            pending = await outbox.pending_in_order()
-            dispatcher.restore_health(await outbox.client_health())
-            dispatcher.schedule(pending)
-            waiting = sorted({client for _, client, _ in pending if client not in config.clients})
-            if pending:
-                log.info("resuming %s", plural(sum(1 for p in pending if p[1] in config.clients), "pending delivery", "pending deliveries"))
-            if waiting:
-                log.warning("deliveries of clients not in the configuration wait for them: %s", ", ".join(waiting))
+            async def resume() -> None:
+                """Take up the work left in the store: SQLite's pending rows (all of them are this
+                process's); with PostgreSQL, the lane keeper takes lanes and their rows itself."""
+                dispatcher.restore_health(await outbox.client_health())
+                if keeper is not None:
+                    return
+                pending = await outbox.pending_in_order()
+                dispatcher.schedule(pending)
+                waiting = sorted({client for _, client, _ in pending if client not in config.clients})
+                if pending:
+                    log.info("resuming %s", plural(sum(1 for p in pending if p[1] in config.clients), "pending delivery", "pending deliveries"))
+                if waiting:
+                    log.warning("deliveries of clients not in the configuration wait for them: %s", ", ".join(waiting))
 
-            intake = Intake(holder, outbox, dispatcher, metrics)
+            if keeper is None:
+                await resume()
+
+            intake = Intake(holder, outbox, dispatcher, metrics, announce=keeper.announce if keeper is not None else None)
             app = create_app(intake, holder, lambda: ready, outbox, metrics)
             runner = IntakeRunner(  # JSON answers and WARNING lines for malformed requests
                 app, handle_signals=False, access_log=None, shutdown_timeout=config.delivery.shutdown_timeout,
@@ -307,20 +331,37 @@ async def serve(
                 loop.add_signal_handler(signal.SIGINT, stop.set)
                 loop.add_signal_handler(signal.SIGHUP, lambda: spawn(holder.reload("SIGHUP")))
                 state_dir = config.state_dir.resolve()
-                chores = [
-                    loop.create_task(watch_config(holder, ignore=lambda p: state_dir in p.resolve().parents or p.resolve() == state_dir)),
-                    loop.create_task(_watch_outbox(outbox, dispatcher)),
-                    loop.create_task(_expire_waiting(outbox, holder)),
-                    loop.create_task(_prune_journal(outbox, holder, metrics)),
-                ]
+                chores = [loop.create_task(watch_config(holder, ignore=lambda p: state_dir in p.resolve().parents or p.resolve() == state_dir))]
                 if notifier.watchdog_interval:
                     chores.append(loop.create_task(_watchdog(notifier, notifier.watchdog_interval)))
-                ready = True
-                notifier.ready(f"serving {config.summary()}")
-                log.info(
-                    "figrelay %s ready in %.2fs: %s; %d sessions tracked",
-                    __version__, time.monotonic() - started, config.summary(), await outbox.session_count(),
-                )
+                if isinstance(outbox, PostgresStore) and keeper is not None:
+                    notifier.status(f"connecting to PostgreSQL at {outbox.target.address()}")
+                    opening = loop.create_task(outbox.open())
+                    stopped = loop.create_task(stop.wait())
+                    await asyncio.wait({opening, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    stopped.cancel()
+                    if not opening.done():
+                        opening.cancel()
+                        await asyncio.gather(opening, return_exceptions=True)
+                    else:
+                        try:
+                            opening.result()
+                        except OutboxError as exc:  # a schema this release cannot use: no retry mends it
+                            raise StartupError(f"{exc} (check storage in {config_path})") from None
+                        await resume()
+                        outbox.listen(keeper.on_work, keeper.on_reconnect)
+                        chores.append(loop.create_task(keeper.run()))
+                else:
+                    assert isinstance(outbox, Outbox)
+                    chores.append(loop.create_task(_watch_outbox(outbox, dispatcher)))
+                chores += [loop.create_task(_expire_waiting(outbox, holder)), loop.create_task(_prune_journal(outbox, holder, metrics))]
+                if not stop.is_set():
+                    ready = True
+                    notifier.ready(f"serving {config.summary()}")
+                    log.info(
+                        "figrelay %s ready in %.2fs: %s; %d sessions tracked",
+                        __version__, time.monotonic() - started, config.summary(), await outbox.session_count(),
+                    )
                 await stop.wait()
                 ready = False
                 notifier.stopping()

@@ -156,8 +156,12 @@ class Dispatcher:
         observer: DeliveryObserver | None = None,
         clock: Clock = time.time,
         store_retry: tuple[float, float] = (0.2, 30.0),
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self._outbox = outbox
+        self._owns = owns or (lambda client: True)
+        """Whether this process may send to a client now: always, alone on its store; with several
+        replicas, while it holds the client's lane (figrelay.lanes)."""
         self._routing = routing
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -174,10 +178,11 @@ class Dispatcher:
 
     def schedule(self, items: Iterable[tuple[str, str, float]]) -> None:
         """Queue (id, client, created_at) for delivery, in the order given for equal times; ids
-        already in the lane, and clients not configured now (their rows wait), are ignored."""
+        already in the lane, clients not configured now (their rows wait), and clients whose lane
+        another replica holds, are ignored."""
         clients = self._routing.clients
         for delivery_id, client, created_at in items:
-            if client not in clients:
+            if client not in clients or not self._owns(client):
                 continue
             lane = self._lane(client)
             if delivery_id in lane.known:
@@ -198,6 +203,27 @@ class Dispatcher:
                     lane.task.cancel()
             else:
                 self._lanes[client].wake.set()
+
+    def took_lane(self, client: str) -> None:
+        """This replica now holds ``client``'s lane (another held it, or nobody): the next send
+        keeps ``min_interval`` from now, since the last owner may have just sent."""
+        route = self._routing.clients.get(client)
+        if route is not None:
+            lane = self._lane(client)
+            lane.next_send = max(lane.next_send, self._clock() + route.min_interval)
+
+    def wake(self, client: str) -> None:
+        """Look at ``client``'s lane again (its lease was renewed)."""
+        lane = self._lanes.get(client)
+        if lane is not None:
+            lane.wake.set()
+
+    def lost_lane(self, client: str) -> None:
+        """Another replica may hold ``client``'s lane now: stop sending to it and forget its rows
+        (they stay pending in the store, for the lane's owner); sends in flight finish."""
+        lane = self._lanes.pop(client, None)
+        if lane is not None and lane.task is not None:
+            lane.task.cancel()
 
     def restore_health(self, health: Mapping[str, ClientHealth]) -> None:
         """Take back the circuits remembered before a restart: an open one probes first."""
@@ -237,7 +263,7 @@ class Dispatcher:
             route = self._routing.clients.get(lane.client)
             now = self._clock()
             wake_at: list[float] = []
-            if route is not None and self._store_error is None:
+            if route is not None and self._store_error is None and self._owns(lane.client):
                 self._step(lane, route, now, wake_at)
             timeout = max(0.0, min(wake_at) - self._clock()) if wake_at else None
             try:

@@ -10,6 +10,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from . import journal
@@ -46,8 +47,15 @@ def new_delivery_id() -> str:
 
 
 class Intake:
-    def __init__(self, holder: ConfigHolder, outbox: Store, dispatcher: Dispatcher, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, holder: ConfigHolder, outbox: Store, dispatcher: Dispatcher, metrics: Metrics | None = None,
+        announce: Callable[[Iterable[tuple[str, str, float]]], None] | None = None,
+    ) -> None:
         self._metrics = metrics or Metrics()
+        self.announce = announce or dispatcher.schedule
+        """Where stored deliveries (id, client, created_at) go: the dispatcher, alone on the store;
+        with several replicas, the lane keeper, which reads them back from the store in its order,
+        with the other replicas' rows accepted before them."""
         self._holder = holder
         self._outbox = outbox
         self._dispatcher = dispatcher
@@ -102,7 +110,7 @@ class Intake:
             journal_event = self._journal_event(event_id, event, received, now, new) if self._outbox.journal_enabled else None
             if new or journal_event is not None:
                 await self._outbox.accept(new, (), journal_event)
-        self._dispatcher.schedule((d.id, d.client, now) for d in new if d.dead_reason is None)
+        self.announce([(d.id, d.client, now) for d in new if d.dead_reason is None])
         for d in new:
             if d.dead_reason is None:
                 self._metrics.matches.labels(d.client, d.route).inc()

@@ -146,8 +146,13 @@ def create(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
 
 
+def matched_json(event: JournalEvent) -> str:
+    """The hooks an event matched, as ``journal_events.matched`` keeps them."""
+    return json.dumps([{"hook": m.hook, "client": m.client, "delivery": m.delivery_id, **({"note": m.note} if m.note else {})} for m in event.matched])
+
+
 def record_event(conn: sqlite3.Connection, event: JournalEvent, deliveries: Iterable[JournalDelivery]) -> None:
-    matched = json.dumps([{"hook": m.hook, "client": m.client, "delivery": m.delivery_id, **({"note": m.note} if m.note else {})} for m in event.matched])
+    matched = matched_json(event)
     conn.execute(
         "INSERT OR IGNORE INTO journal_events (event_id, received_at, route, setting_client, body, test, matched) VALUES (?,?,?,?,?,?,?)",
         (event.event_id, event.received_at, event.route, event.setting_client, event.body, int(event.test), matched),
@@ -210,6 +215,7 @@ __all__ = [
     "JournalDelivery",
     "JournalEvent",
     "create",
+    "matched_json",
     "record_attempts",
     "record_deliveries",
     "record_event",

@@ -76,11 +76,32 @@ class Metrics(DeliveryObserver):
             "figrelay_journal_pruned_events", "Events pruned from the journal: by age (journal.retention), size (journal.max_bytes) or because it is off",
             ["reason"], registry=r,
         )
+        self.config_info = Gauge(
+            "figrelay_config_info", "1, labelled with the hash of the configuration loaded now: replicas sharing a store must show the same",
+            ["hash"], registry=r,
+        )
+        self.lanes_held = Gauge(
+            "figrelay_replica_lane_held", "1 for each client whose lane this replica holds (several replicas: one sends to a client at a time)",
+            ["client"], registry=r,
+        )
+        self.lanes_count = Gauge("figrelay_replica_lanes_held", "Clients whose lane this replica holds now", registry=r)
+        self.replicas = Gauge("figrelay_replicas_alive", "Replicas sharing the store that renewed their presence within a lease", registry=r)
+        self.claims = Counter("figrelay_replica_claims", "Deliveries this replica claimed from the shared store to send", registry=r)
         for reason in ("age", "size", "disabled"):
             self.journal_pruned.labels(reason)  # 0 from the start: increase() sees the first prune
         self.reload_ok.set(1)
         self.reload_time.set(time.time())
         self.up_since.set(time.time())
+
+    def set_config_hash(self, digest: str) -> None:
+        self.config_info.clear()
+        self.config_info.labels(digest).set(1)
+
+    def set_lanes(self, held: list[str]) -> None:
+        self.lanes_held.clear()
+        for client in held:
+            self.lanes_held.labels(client).set(1)
+        self.lanes_count.set(len(held))
 
     # --- DeliveryObserver ---------------------------------------------------------------------
 

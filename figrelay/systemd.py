@@ -57,6 +57,9 @@ class Notifier:
     def ready(self, status: str) -> bool:
         return self.notify("READY=1", f"STATUS={status}")
 
+    def status(self, text: str) -> bool:
+        return self.notify(f"STATUS={text}")
+
     def reloading(self) -> bool:
         # systemd 253+ wants the monotonic time with RELOADING=1 (Type=notify-reload)
         return self.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=reloading the configuration")

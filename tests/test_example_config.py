@@ -55,3 +55,21 @@ def _self_signed(path: Path) -> None:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256())
     )
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_the_commented_storage_examples_are_valid(tmp_path, monkeypatch):
+    """Both forms of ``storage:`` shown in the example: the URL alone, and the mapping with a lease."""
+    monkeypatch.setenv("PGPASSWORD", "pg-secret")
+    text = EXAMPLE.read_text()
+    one_line = re.search(r"(?m)^#   (storage: postgresql://\S+)$", text)
+    mapping = re.search(r"(?m)^#   storage:\n((?:#     .*\n)+)", text)
+    assert one_line and mapping
+    forms = [one_line.group(1), "storage:\n" + re.sub(r"(?m)^#   ", "", mapping.group(1))]
+    for i, form in enumerate(forms):
+        path = tmp_path / f"storage{i}.yaml"
+        path.write_text(text.replace("state_dir: ./state\n", "state_dir: ./state\n" + form + "\n", 1))
+        config = load_config(path, load_plugins())
+        assert config.storage is not None and config.storage.target.hosts == ("db.example.com",)
+        assert config.storage.target.option("sslmode") == "verify-full"
+        assert "pg-secret" in config.secrets, "the database password is masked like every credential"
+    assert config.storage.lease == 15

@@ -19,10 +19,13 @@ import pytest
 
 import figrelay
 from figrelay.storage import Store
+from figrelay.storage.postgresql import parse_storage_url
+from figrelay.storage.postgresql_store import PostgresStore
 from figrelay.storage.sqlite import Outbox
 
 BACKENDS = [
     pytest.param(Outbox, lambda tmp_path: Outbox(tmp_path / "outbox.sqlite3"), id="sqlite"),
+    pytest.param(PostgresStore, lambda tmp_path: PostgresStore(parse_storage_url(f"postgresql://figrelay@/figrelay?host={tmp_path}")), id="postgresql"),
 ]
 """(class, a factory of an unopened instance in tmp_path) of every back end."""
 
@@ -115,6 +118,8 @@ async def test_a_back_end_has_every_member_of_the_contract_with_its_signature(ba
 
 CORE = ("intake.py", "dispatch.py", "daemon.py", "server.py", "commands.py", "commands_journal.py", "replay.py", "metrics.py", "reload.py")
 SQLITE_ONLY = {("daemon.py", "_watch_outbox", "data_version"), ("server.py", "_plan_replay", "path")}
+# and where the daemon wires the PostgreSQL back end's own parts (its lanes, its listener)
+SQLITE_ONLY |= {("daemon.py", "serve", name) for name in ("open", "listen", "target", "on_claim")}
 """Where the core uses what only the SQLite back end has, on purpose; the PostgreSQL one differs there."""
 
 

@@ -168,7 +168,7 @@ class Store(Protocol):
         # repeated Connected, an unknown Disconnected); ``complete`` turns it into deliveries and a
         # journal event inside the transaction. Serialised per setting client across every process
         # sharing the store, so two replicas counting at once see each other's change.
-        """Count one run-session change and commit the deliveries and journal event it makes with it, once per change across replicas; return (change, deliveries stored)."""
+        """Count one run-session change and commit what it makes with it, once across replicas; return (change, deliveries stored)."""
         ...
 
     async def session_count(self) -> int:

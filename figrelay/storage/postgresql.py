@@ -947,6 +947,15 @@ COMMENT ON TABLE lanes IS 'one row per client: the replica that owns its lane (o
 COMMENT ON COLUMN lanes.fence IS 'raised at every change of owner: a write that names an older fence comes from a replica that lost the lane';
 COMMENT ON COLUMN lanes.last_sent_at IS 'the last send to the client, so that a new owner keeps min_interval';
 
+CREATE TABLE replicas (
+    name        text PRIMARY KEY,
+    started_at  double precision NOT NULL,
+    seen_at     double precision NOT NULL,
+    version     text NOT NULL,
+    config_hash text
+);
+COMMENT ON TABLE replicas IS 'every running figrelay replica, seen_at renewed with its leases: how many share the work';
+
 CREATE TABLE journal_events (
     event_id       text PRIMARY KEY,
     received_at    double precision NOT NULL,
@@ -1000,7 +1009,9 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 """Every schema step in order. A later version appends a step; a step never changes once released."""
 SCHEMA_VERSION = MIGRATIONS[-1].version
-FIGRELAY_TABLES = frozenset({"meta", "deliveries", "sessions", "client_health", "lanes", "journal_events", "journal_deliveries", "journal_attempts"})
+FIGRELAY_TABLES = frozenset(
+    {"meta", "deliveries", "sessions", "client_health", "lanes", "replicas", "journal_events", "journal_deliveries", "journal_attempts"}
+)
 
 
 class SchemaError(OutboxError):

@@ -1,0 +1,206 @@
+"""Several replicas sharing one PostgreSQL store (issue 10): real daemons, a real database.
+
+Each test starts two (or more) ``figrelay run`` processes on one fresh database and drives them as
+a load balancer in front of them would: events alternately to each, one replica killed or
+stopped, the database restarted. The figures each test prints are for the closing note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from conftest import Daemon, Receiver, event, wait_until
+from test_e2e import AUTH, HASHED
+
+HEADERS = {**AUTH, "Content-Type": "application/json"}
+
+
+def replica_config(url: str, receivers: dict[str, Receiver], hooks: str, *, lease: str = "2s", extra: str = "", client_extra: str = "") -> str:
+    clients = "\n".join(
+        f"""  - name: {name}
+    type: http
+    base_uri: {rec.url}/fig
+    max_in_flight: 1
+{client_extra}""" for name, rec in receivers.items()
+    )
+    return f"""listen: 127.0.0.1:0
+state_dir: ./state
+storage:
+  url: "{url}"
+  lease: {lease}
+intake:
+  hashed_secret: "{HASHED}"
+delivery:
+  backoff_base: 0.05s
+  backoff_max: 0.5s
+  attempt_timeout: 5s
+  shutdown_timeout: 2s
+{extra}
+clients:
+{clients}
+hooks:
+{hooks}
+"""
+
+
+async def replicas(daemon_factory: Callable[..., Any], config: str, n: int = 2) -> list[Daemon]:
+    return [await daemon_factory(config, name=f"replica{i}.yaml") for i in range(n)]
+
+
+def names_of(receiver: Receiver) -> list[str]:
+    return [r.json["Username"] for r in receiver.requests]
+
+
+async def test_events_posted_to_both_replicas_are_each_delivered_once_in_order(
+    daemon_factory: Callable[..., Any], receiver: Receiver, pg_database: str
+) -> None:
+    config = replica_config(pg_database, {"siem": receiver}, "  - {event: SecurityEvent, client: siem}")
+    a, b = await replicas(daemon_factory, config)
+    sent = []
+    for i in range(60):
+        name = f"user{i:03d}"
+        status, payload = await (a if i % 2 == 0 else b).post("SecurityEvent", event("SecurityEvent", Username=name), AUTH)
+        assert status == 200, payload
+        sent.append(name)
+    await wait_until(lambda: len(receiver.requests) >= len(sent), timeout=30, what="every event delivered")
+    await asyncio.sleep(0)  # nothing more may come: the lane's owner has sent each once
+    assert names_of(receiver) == sent
+    owners = [d for d in (a, b) if "took the lane of client siem" in d.log]
+    assert len(owners) == 1, "one replica at a time holds a client's lane"
+
+
+async def post_many(targets: list[Daemon], names: list[str], concurrency: int = 8) -> dict[str, int]:
+    """Post one SecurityEvent per name, round robin over ``targets``, ``concurrency`` at a time;
+    return each name's answer status (0: no answer, the connection broke)."""
+    answers: dict[str, int] = {}
+    queue = list(enumerate(names))
+
+    async def worker(http: aiohttp.ClientSession) -> None:
+        while queue:
+            i, name = queue.pop(0)
+            target = targets[i % len(targets)]
+            try:
+                async with http.post(target.url + "/SecurityEvent", data=event("SecurityEvent", Username=name), headers=HEADERS) as resp:
+                    answers[name] = resp.status
+            except aiohttp.ClientError:
+                answers[name] = 0
+
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+    return answers
+
+
+async def test_a_replica_killed_under_load_loses_nothing_it_acknowledged(
+    daemon_factory: Callable[..., Any], receiver: Receiver, pg_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = replica_config(pg_database, {"siem": receiver}, "  - {event: SecurityEvent, client: siem}")
+    a, b = await replicas(daemon_factory, config)
+    # the lane's owner dies: the other must take the lane over and send what both acknowledged
+    await a.post("SecurityEvent", event("SecurityEvent", Username="warm-up"), AUTH)
+    await wait_until(lambda: len(receiver.requests) == 1, what="the first delivery")
+    owner, other = (a, b) if "took the lane of client siem" in a.log else (b, a)
+    names = [f"user{i:04d}" for i in range(300)]
+    load = asyncio.get_running_loop().create_task(post_many([a, b], names))
+    await wait_until(lambda: len(receiver.requests) > 50, what="deliveries under way")
+    await owner.kill()
+    killed_at = asyncio.get_running_loop().time()
+    answers = await load
+    acknowledged = {n for n, status in answers.items() if status == 200}
+    await wait_until(lambda: acknowledged <= set(names_of(receiver)), timeout=30, what="every acknowledged event delivered by the survivor")
+    took_over = asyncio.get_running_loop().time() - killed_at
+    delivered = names_of(receiver)
+    ids_by_name: dict[str, set[str]] = {}
+    for r in receiver.requests:
+        ids_by_name.setdefault(r.json["Username"], set()).add(r.headers["X-Figrelay-Delivery"])
+    figures = {
+        "posted": len(names), "acknowledged": len(acknowledged), "answered_5xx": sum(1 for s in answers.values() if s >= 500),
+        "lost": len(acknowledged - set(delivered)), "resent_same_id": len(delivered) - len(set(delivered)),
+        "two_ids": sum(1 for ids in ids_by_name.values() if len(ids) > 1), "all_delivered_after_s": round(took_over, 2),
+    }
+    with capsys.disabled():
+        print(f"\nreplica killed under load: {json.dumps(figures)}")
+    assert figures["lost"] == 0 and figures["two_ids"] == 0
+    assert "took the lane of client siem" in other.log
+    assert all(status in (200, 0) for n, status in answers.items() if n in acknowledged or status != 0)
+
+
+async def test_pacing_holds_across_replicas(daemon_factory: Callable[..., Any], receiver: Receiver, pg_database: str) -> None:
+    config = replica_config(pg_database, {"chat": receiver}, "  - {event: SecurityEvent, client: chat}", client_extra="    min_interval: 1s\n")
+    a, b = await replicas(daemon_factory, config)
+    for i in range(4):
+        status, _ = await (a if i % 2 else b).post("SecurityEvent", event("SecurityEvent", Username=f"u{i}"), AUTH)
+        assert status == 200
+    await wait_until(lambda: len(receiver.requests) == 4, timeout=20, what="four paced sends")
+    gaps = [later.at - earlier.at for earlier, later in zip(receiver.requests, receiver.requests[1:], strict=False)]
+    assert min(gaps) >= 0.99, f"two replicas must not double the send rate: gaps {gaps}"
+    assert names_of(receiver) == ["u0", "u1", "u2", "u3"]
+
+
+async def test_run_sessions_counted_by_both_replicas_cross_once(daemon_factory: Callable[..., Any], receiver: Receiver, pg_database: str) -> None:
+    hooks = "  - {event: MinRunSessions, client: siem, client_regex: ^Orders, min_sessions: 5}"
+    a, b = await replicas(daemon_factory, replica_config(pg_database, {"siem": receiver}, hooks))
+
+    def status(n: int, connected: bool) -> bytes:
+        start = f"2025-06-01T10:00:{n:02d}Z"
+        return event("ClientStatusChanged", ClientName="OrdersApi", StartTime=start, Hostname=f"h{n}", ConnectionEvent=0 if connected else 1)
+
+    async def post_all(connected: bool) -> None:
+        # ten sessions at once, each event sent to both replicas (as a retrying proxy might): the
+        # count must still be 10, and the minimum crossed once each way
+        bodies = [status(n, connected) for n in range(10)]
+        answers = await asyncio.gather(*(d.post("ClientStatusChanged", body, AUTH) for body in bodies for d in (a, b)))
+        assert all(code == 200 for code, _ in answers)
+
+    await post_all(True)
+    await wait_until(lambda: len(receiver.requests) >= 1, what="MinimumRestored")
+    await post_all(False)
+    await wait_until(lambda: len(receiver.requests) >= 2, what="BelowMinimum")
+    status_a, metrics, _ = await a.request("GET", "/metrics")
+    assert status_a == 200 and "figrelay_sessions_tracked 0.0" in metrics
+    # nothing more comes: each crossing was raised once, by whichever replica counted it
+    await asyncio.sleep(0.5)
+    got = [(r.json["RunSessionsEvent"], r.json["RunSessions"]) for r in receiver.requests]
+    assert got == [(1, 5), (0, 4)]
+
+
+async def test_the_database_away_under_load_means_503_then_everything_resumes(
+    daemon_factory: Callable[..., Any], receiver: Receiver, pg_database: str, postgres: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncpg
+
+    config = replica_config(pg_database, {"siem": receiver}, "  - {event: SecurityEvent, client: siem}")
+    a, b = await replicas(daemon_factory, config)
+    database = urllib.parse.urlsplit(pg_database).path.strip("/")
+    admin = await asyncpg.connect(postgres)
+    try:
+        first = await post_many([a, b], [f"before{i:03d}" for i in range(40)])
+        assert set(first.values()) == {200}
+        # the database goes away: every connection cut, new ones refused
+        await admin.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false")
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database)
+        during = await post_many([a, b], [f"during{i:03d}" for i in range(40)])
+        status, ready, _ = await a.request("GET", "/readyz")
+        assert status == 503 and ready["outbox_writable"] is False, ready
+        await admin.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true")
+        await wait_until(lambda: "events are accepted again" in a.log and "events are accepted again" in b.log, timeout=20, what="both replicas back")
+        after = await post_many([a, b], [f"after{i:03d}" for i in range(40)])
+    finally:
+        await admin.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true")
+        await admin.close()
+    acknowledged = {n for answers in (first, during, after) for n, status in answers.items() if status == 200}
+    refused = {n for n, status in during.items() if status == 503}
+    await wait_until(lambda: acknowledged <= set(names_of(receiver)), timeout=30, what="every acknowledged event delivered")
+    delivered = set(names_of(receiver))
+    with capsys.disabled():
+        print(f"\ndatabase away under load: {json.dumps({'acknowledged': len(acknowledged), 'refused_503': len(refused), 'delivered': len(delivered)})}")
+    assert set(during.values()) <= {200, 503}
+    assert refused, "while the database is away, events are refused with 503"
+    assert not (delivered - acknowledged - refused), "nothing is delivered that was neither acknowledged nor refused"
+    assert set(after.values()) == {200}, "everything resumes without a restart of figrelay"

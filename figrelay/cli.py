@@ -72,7 +72,8 @@ def cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ConfigError as exc:
         print(f"{path}: {plural(len(exc.problems), 'problem')}:\n{_problems(exc)}", file=sys.stderr)
         return 1
-    for warning in state_dir_warnings(config.state_dir, path):
+    # with storage: set, everything lives in the shared database and state_dir goes unused
+    for warning in state_dir_warnings(config.state_dir, path) if config.storage is None else []:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"OK {config.summary()}")
     return 0

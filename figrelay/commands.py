@@ -29,6 +29,7 @@ from .messages import describe
 from .plugins import PluginRegistry
 from .samples import sample_test_events, test_button_events
 from .storage import ClientHealth, OutboxError, Store, StoredDelivery
+from .storage.postgresql_store import PostgresStore
 from .storage.sqlite import Outbox
 from .wording import plural
 
@@ -258,16 +259,22 @@ def _age(seconds: float) -> str:
 
 
 async def _open_outbox(config: Config) -> Store | None:
-    # The back end is chosen here, as in daemon.serve: SQLite, the file in state_dir.
-    path = config.state_dir / OUTBOX_FILE
-    if not path.exists():
-        print(f"no outbox at {path}: has figrelay run with this configuration (state_dir)?", file=sys.stderr)
-        return None
-    outbox = Outbox(path)
+    # The back end is chosen here, as in daemon.serve: SQLite, the file in state_dir, or the
+    # PostgreSQL database replicas share (read and written as the daemons do, claiming nothing).
+    outbox: Store
+    if config.storage is not None:
+        outbox = PostgresStore(config.storage.target, lease=config.storage.lease, command=True)
+    else:
+        path = config.state_dir / OUTBOX_FILE
+        if not path.exists():
+            print(f"no outbox at {path}: has figrelay run with this configuration (state_dir)?", file=sys.stderr)
+            return None
+        outbox = Outbox(path)
     try:
         await outbox.open()
     except OutboxError as exc:
         print(f"figrelay deliveries: {exc}", file=sys.stderr)
+        await outbox.close()
         return None
     return outbox
 
@@ -282,6 +289,8 @@ async def deliveries(config: Config, action: str, ids: Sequence[str], client: st
             rows = await outbox.list(None if state == "all" else state, client, limit)
             _print_deliveries(rows, set(config.clients))
             _print_circuits(await outbox.client_health(), client)
+            if isinstance(outbox, PostgresStore):
+                await _print_replicas(outbox, client)
             return 0
         if not ids and client is None and not all_dead:
             print(f"figrelay deliveries {action}: name delivery ids, --client NAME or --all-dead", file=sys.stderr)
@@ -318,6 +327,20 @@ async def deliveries(config: Config, action: str, ids: Sequence[str], client: st
         return 0 if done else 1
     finally:
         await outbox.close()
+
+
+async def _print_replicas(store: PostgresStore, client: str | None) -> None:
+    """Which replicas share the database, and which one sends to each client now."""
+    replicas = await store.replicas()
+    hashes = {h for _, _, _, h in replicas}
+    print(f"\nreplicas: {len(replicas)} alive" + (" (different configurations: compare their config_hash in /readyz)" if len(hashes) > 1 else ""))
+    for name, seen, version, digest in replicas:
+        print(f"  {name}  figrelay {version}, config {digest or '-'}, seen {_age(seen)} ago")
+    lanes = {c: v for c, v in (await store.lane_owners()).items() if client is None or c == client}
+    if lanes:
+        print("lanes (the replica sending to each client now):")
+        for name, (owner, left) in sorted(lanes.items()):
+            print(f"  {name}: {owner} (lease {left:.0f}s left)")
 
 
 _DELIVERY_ID = re.compile(r"[0-9a-f]{32}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -33,14 +32,17 @@ from .journal_queries import (
     Explain,
     JournalUnavailable,
     QueryError,
+    ReadConnection,
     ReceivedEvent,
     Trace,
     check_route,
     find_events,
     open_read_only,
+    query_errors,
     trace,
 )
 from .logs import escape_controls, redactor
+from .storage.pg_read import PostgresReader
 from .wording import plural
 
 # --- times ----------------------------------------------------------------------------------------
@@ -101,8 +103,11 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
-def _open(config: Config, command: str) -> sqlite3.Connection | None:
+def _open(config: Config, command: str) -> ReadConnection | None:
+    """The journal, read-only: the SQLite file in state_dir, or the database replicas share."""
     try:
+        if config.storage is not None:
+            return PostgresReader.open(config.storage.target)
         return open_read_only(config.state_dir / OUTBOX_FILE)
     except JournalUnavailable as exc:
         print(f"figrelay {command}: {exc}", file=sys.stderr)
@@ -134,6 +139,9 @@ def events(
         page = find_events(conn, filt, regex_timeout=config.intake.regex_timeout)
     except QueryError as exc:
         return _fail("events", str(exc))
+    except (JournalUnavailable, *query_errors()) as exc:
+        print(f"figrelay events: cannot read the journal: {exc}", file=sys.stderr)
+        return 1
     finally:
         conn.close()
     for name in page.regex_timeouts:
@@ -232,6 +240,9 @@ def trace_command(config: Config, id_: str, as_json: bool) -> int:
         found = trace(conn, id_, explainer(config))
     except QueryError as exc:
         return _fail("trace", str(exc))
+    except (JournalUnavailable, *query_errors()) as exc:
+        print(f"figrelay trace: cannot read the journal: {exc}", file=sys.stderr)
+        return 1
     finally:
         conn.close()
     if as_json:

@@ -142,6 +142,8 @@ class _Lane:
     last_sent: dict[GroupKey, float] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    last_active: float = 0.0
+    """When the lane last had a row or a send (the dispatcher's clock)."""
 
     @property
     def is_open(self) -> bool:
@@ -189,6 +191,7 @@ class Dispatcher:
                 continue
             key = (created_at, next(self._seq))
             lane.known[delivery_id] = key
+            lane.last_active = self._clock()
             heapq.heappush(lane.heap, (*key, delivery_id))
             lane.wake.set()
 
@@ -217,6 +220,19 @@ class Dispatcher:
         lane = self._lanes.get(client)
         if lane is not None:
             lane.wake.set()
+
+    def idle_for(self, client: str) -> float | None:
+        """Seconds since ``client``'s lane last had work, counted only once any coalescing window
+        and pacing interval of its last send have passed; None while it holds rows or sends (or
+        is failing: its circuit's state is its own). A replica hands back a lane idle long enough."""
+        lane = self._lanes.get(client)
+        if lane is None:
+            return float("inf")
+        if lane.known or lane.sending or lane.fetching or lane.groups or lane.failures:
+            return None
+        route = self._routing.clients.get(client)
+        hold = max(route.coalesce, route.min_interval) if route is not None else 0.0
+        return max(0.0, self._clock() - lane.last_active - hold)
 
     def lost_lane(self, client: str) -> None:
         """Another replica may hold ``client``'s lane now: stop sending to it and forget its rows
@@ -433,6 +449,7 @@ class Dispatcher:
             self._finish(lane, rows, writes, result)
         finally:
             lane.sending -= 1
+            lane.last_active = self._clock()
             lane.wake.set()
 
     def _delivery(self, route: ClientRoute, routing: Routing, group: _Group) -> Delivery:

@@ -1,8 +1,11 @@
 """Reading the event journal (journal.py): find events, trace one event or delivery.
 
-Pure functions over an open ``sqlite3.Connection`` that return frozen dataclasses; they never
-write. The commands open the store read-only (``open_read_only``), so they work beside a running
-daemon and cannot disturb it.
+Pure functions over an open read-only connection (``ReadConnection``) that return frozen
+dataclasses; they never write. The connection is SQLite's (the commands open the store read-only
+with ``open_read_only``, so they work beside a running daemon and cannot disturb it) or a
+``storage.pg_read.PostgresReader`` on the shared PostgreSQL database: the same SQL, with ``?``
+placeholders, gives the same answers on both. Where no one text can serve both engines without
+changing what SQLite does, ``Dialect`` says what differs (see its docstring).
 
 The journal can hold millions of rows, so every query walks an index in the order it answers
 in and stops as soon as it has enough (``EXPLAIN QUERY PLAN`` in tests/test_journal_queries.py
@@ -31,9 +34,11 @@ import heapq
 import json
 import re
 import sqlite3
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from .config import closest
 from .events import ROUTES
@@ -71,6 +76,70 @@ class UnknownIdError(QueryError):
 
 class JournalUnavailable(Exception):
     """The store cannot be read, or holds no journal."""
+
+
+# --- the connection: SQLite's, or PostgreSQL's ------------------------------------------------------
+
+
+class ReadCursor(Protocol):
+    """The rows of one statement, as tuples (``sqlite3.Cursor`` is one)."""
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class ReadConnection(Protocol):
+    """What the queries need of a connection: ``execute`` with ``?`` placeholders. A
+    ``sqlite3.Connection`` is one; so is ``storage.pg_read.PostgresReader``, which also names its
+    ``dialect`` (a connection without that attribute is taken for SQLite)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> ReadCursor: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """The few pieces of SQL that cannot be one text for both engines.
+
+    SQLite's are exactly what the queries always sent, so its query plans (checked in
+    tests/test_journal_queries.py) stay as they were; PostgreSQL's give the same answers."""
+
+    name: str
+    no_index: str
+    """Put before a column to keep the planner off its index. SQLite has no statistics, so a
+    unary ``+`` tells it which index not to take; PostgreSQL weighs its statistics, and has no
+    unary ``+`` for text at all."""
+    derived_name: str
+    """After a subquery in FROM: PostgreSQL before 16 requires a name there. SQLite goes without,
+    so that EXPLAIN QUERY PLAN still shows the subquery as ``(subquery-1)``."""
+    binary: str
+    """After a text column that is compared by range or ordered, so that text sorts by its bytes
+    (code points) on both: SQLite compares with BINARY by default; PostgreSQL with the database's
+    collation, under which ``'6f0c~'`` may sort before ``'6f0c1…'`` (an id-prefix range would
+    miss its id) and case and punctuation interleave."""
+
+
+SQLITE = Dialect("sqlite", no_index="+", derived_name="", binary="")
+POSTGRESQL = Dialect("postgresql", no_index="", derived_name=" AS walk", binary=' COLLATE "C"')
+
+
+def dialect_of(conn: ReadConnection) -> Dialect:
+    """The connection's SQL dialect: the one it names, else SQLite's (``sqlite3.Connection``)."""
+    dialect = getattr(conn, "dialect", SQLITE)
+    return dialect if isinstance(dialect, Dialect) else SQLITE
+
+
+def query_errors() -> tuple[type[Exception], ...]:
+    """What a failed query raises, on either back end, for an ``except`` clause: ``sqlite3.Error``,
+    and ``asyncpg.PostgresError`` once asyncpg is loaded. A PostgreSQL error can only come from a
+    loaded driver, so the driver is never imported for this: an installation that keeps SQLite
+    never loads it, and one without it installed works. (A function, not a constant: a tuple made
+    when this module is imported would miss the driver loaded after it.)"""
+    asyncpg = sys.modules.get("asyncpg")
+    postgres_error = getattr(asyncpg, "PostgresError", None)
+    return (sqlite3.Error,) if postgres_error is None else (sqlite3.Error, postgres_error)
 
 
 # --- opening ----------------------------------------------------------------------------------------
@@ -327,43 +396,50 @@ def _event_window(filt: EventFilter) -> tuple[list[str], list[object]]:
     return _window(filt, "e.received_at")
 
 
+def _where(conditions: Sequence[str]) -> str:
+    """`` WHERE`` and the conditions, or nothing when there are none (PostgreSQL takes no
+    ``WHERE 1``: a condition must be boolean)."""
+    return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
 def _delivery_window(filt: EventFilter, column: str = "d.created_at") -> tuple[list[str], list[object]]:
     """The deliveries that count for events received in the window: made in it, give or take
     the clock's slack and the time a body takes to arrive."""
     return _window(filt, column, CLOCK_SLACK, CREATE_LAG)
 
 
-def _has_delivery(filt: EventFilter) -> tuple[list[str], list[object]]:
+def _has_delivery(filt: EventFilter, dialect: Dialect) -> tuple[list[str], list[object]]:
     """The condition "has a delivery to ``client`` / in state ``outcome``, made in the window",
-    checked per event through journal_deliveries_by_event (the unary ``+`` keeps SQLite from
-    choosing the client or state index for it)."""
+    checked per event through journal_deliveries_by_event (``dialect.no_index``, SQLite's unary
+    ``+``, keeps SQLite from choosing the client or state index for it)."""
     if filt.client is None and filt.outcome is None:
         return [], []
+    plus = dialect.no_index
     where = ["d.event_id = e.event_id"]
     params: list[object] = []
     if filt.client is not None:
-        where.append("+d.client = ?")
+        where.append(f"{plus}d.client = ?")
         params.append(filt.client)
     if filt.outcome is not None:
-        where.append("+d.state = ?")
+        where.append(f"{plus}d.state = ?")
         params.append(filt.outcome)
-    window, window_params = _delivery_window(filt, "+d.created_at")
+    window, window_params = _delivery_window(filt, f"{plus}d.created_at")
     return [f"EXISTS (SELECT 1 FROM journal_deliveries AS d WHERE {' AND '.join(where + window)})"], params + window_params
 
 
-def events_sql(filt: EventFilter) -> tuple[str, list[object]]:
+def events_sql(filt: EventFilter, dialect: Dialect = SQLITE) -> tuple[str, list[object]]:
     """The walk of journal_events newest first (by time, or by route and time), with every filter
     but the setting-client regex."""
     where, params = _event_window(filt)
     if filt.route is not None:  # then journal_events_by_route serves the window and the order
         where.append("e.route = ?")
         params.append(filt.route)
-    has, has_params = _has_delivery(filt)
-    sql = f"SELECT {_EVENT_COLUMNS} FROM journal_events AS e WHERE {' AND '.join(where + has) or '1'} ORDER BY e.received_at DESC"
+    has, has_params = _has_delivery(filt, dialect)
+    sql = f"SELECT {_EVENT_COLUMNS} FROM journal_events AS e{_where(where + has)} ORDER BY e.received_at DESC"
     return sql, params + has_params
 
 
-def named_events_sql(filt: EventFilter) -> tuple[str, list[object]]:
+def named_events_sql(filt: EventFilter, dialect: Dialect = SQLITE) -> tuple[str, list[object]]:
     """The walk of one setting client's events newest first, through journal_events_by_client
     (its name is the first parameter, to be filled in), with every other filter."""
     where, params = _event_window(filt)
@@ -371,45 +447,50 @@ def named_events_sql(filt: EventFilter) -> tuple[str, list[object]]:
     if filt.route is not None:
         where.append("e.route = ?")
         params.append(filt.route)
-    has, has_params = _has_delivery(filt)
-    sql = f"SELECT {_EVENT_COLUMNS} FROM journal_events AS e WHERE {' AND '.join(where + has)} ORDER BY e.received_at DESC"
+    has, has_params = _has_delivery(filt, dialect)
+    sql = f"SELECT {_EVENT_COLUMNS} FROM journal_events AS e{_where(where + has)} ORDER BY e.received_at DESC"
     return sql, params + has_params
 
 
-def deliveries_sql(filt: EventFilter, by: str | None = None) -> tuple[str, list[object]]:
+def deliveries_sql(filt: EventFilter, by: str | None = None, dialect: Dialect = SQLITE) -> tuple[str, list[object]]:
     """The walk of deliveries newest first, each with its event, through
     journal_deliveries_by_client (``by="client"``) or journal_deliveries_by_state (``by="state"``);
-    the other of the two filters is checked on each row (the unary ``+`` keeps SQLite from using
-    its index). By default the state index for the rare states, else the client index."""
+    the other of the two filters is checked on each row (``dialect.no_index`` keeps SQLite from
+    using its index). By default the state index for the rare states, else the client index."""
     assert filt.client is not None or filt.outcome is not None
     if by is None:
         by = "state" if filt.outcome is not None and (filt.client is None or filt.outcome != "delivered") else "client"
-    where: list[str] = []
+    plus = dialect.no_index
+    where = ["e.event_id = d.event_id"]
     params: list[object] = []
     if filt.outcome is not None:
-        where.append("d.state = ?" if by == "state" else "+d.state = ?")
+        where.append("d.state = ?" if by == "state" else f"{plus}d.state = ?")
         params.append(filt.outcome)
     if filt.client is not None:
-        where.append("d.client = ?" if by == "client" else "+d.client = ?")
+        where.append("d.client = ?" if by == "client" else f"{plus}d.client = ?")
         params.append(filt.client)
     window, window_params = _delivery_window(filt)
     event_where, event_params = _event_window(filt)
     if filt.route is not None:
         event_where.append("e.route = ?")
         event_params.append(filt.route)
-    # CROSS JOIN keeps the deliveries outside: their index gives the order, each event is one
-    # primary-key probe
+    # CROSS JOIN keeps the deliveries outside in SQLite: their index gives the order, each event is
+    # one primary-key probe. The join condition is in WHERE: PostgreSQL takes no ON after CROSS JOIN.
     sql = (
-        f"SELECT {_EVENT_COLUMNS}, d.created_at FROM journal_deliveries AS d CROSS JOIN journal_events AS e ON e.event_id = d.event_id"
-        f" WHERE {' AND '.join(where + window + event_where)} ORDER BY d.created_at DESC, d.delivery_id DESC"
+        f"SELECT {_EVENT_COLUMNS}, d.created_at FROM journal_deliveries AS d CROSS JOIN journal_events AS e"
+        f"{_where(where + window + event_where)} ORDER BY d.created_at DESC, d.delivery_id{dialect.binary} DESC"
     )
     return sql, params + window_params + event_params
 
 
-def setting_client_names(conn: sqlite3.Connection, at_most: int = MAX_NAMES) -> list[str] | None:
-    """The distinct setting-client names in the journal, in order, or None when there are more
-    than ``at_most``. Each is one probe of journal_events_by_client, so a journal of a million
-    events from a hundred services costs a hundred probes, not a million rows."""
+def setting_client_names(conn: ReadConnection, at_most: int = MAX_NAMES) -> list[str] | None:
+    """The distinct setting-client names in the journal, in order (of their code points), or None
+    when there are more than ``at_most``. Each is one probe of journal_events_by_client, so a
+    journal of a million events from a hundred services costs a hundred probes, not a million rows.
+
+    The probes step through the names in the database's order (PostgreSQL's collation may not be
+    SQLite's byte order, and a ``COLLATE "C"`` here would keep it off the index); any order meets
+    every name once, and the list is put in code-point order at the end, as SQLite gives it."""
     names: list[str] = []
     row = conn.execute("SELECT MIN(setting_client) FROM journal_events WHERE setting_client IS NOT NULL").fetchone()
     name = row[0] if row else None
@@ -418,7 +499,7 @@ def setting_client_names(conn: sqlite3.Connection, at_most: int = MAX_NAMES) -> 
             return None
         names.append(name)
         name = conn.execute("SELECT MIN(setting_client) FROM journal_events WHERE setting_client > ?", (name,)).fetchone()[0]
-    return names
+    return sorted(names)
 
 
 # --- choosing the walk ---------------------------------------------------------------------------------
@@ -438,11 +519,12 @@ class _Walk:
     by: str | None = None
 
 
-def _count(conn: sqlite3.Connection, sql: str, params: Sequence[object], cap: int) -> int:
-    return int(conn.execute(f"SELECT COUNT(*) FROM ({sql} LIMIT ?)", (*params, cap)).fetchone()[0])
+def _count(conn: ReadConnection, sql: str, params: Sequence[object], cap: int) -> int:
+    named = dialect_of(conn).derived_name
+    return int(conn.execute(f"SELECT COUNT(*) FROM ({sql} LIMIT ?){named}", (*params, cap)).fetchone()[0])
 
 
-def _walks(conn: sqlite3.Connection, filt: EventFilter, names: Sequence[str] | None) -> list[_Walk]:
+def _walks(conn: ReadConnection, filt: EventFilter, names: Sequence[str] | None) -> list[_Walk]:
     """Each walk the filters allow, with the number of index entries in its range. Without
     statistics (the daemon never runs ANALYZE) SQLite cannot tell a rare client from a common one,
     nor an event type nobody sends: counting the ranges can, in milliseconds, and the smallest
@@ -462,7 +544,7 @@ def _walks(conn: sqlite3.Connection, filt: EventFilter, names: Sequence[str] | N
         return [_Walk("events", 0)]
     for kind, by in candidates:
         if kind == "events":
-            rows = _count(conn, f"SELECT 1 FROM journal_events AS e WHERE {' AND '.join(events_where) or '1'}", events_params, COUNT_CAP)
+            rows = _count(conn, f"SELECT 1 FROM journal_events AS e{_where(events_where)}", events_params, COUNT_CAP)
         elif kind == "names":
             assert names is not None
             rows = 0
@@ -482,7 +564,7 @@ def _walks(conn: sqlite3.Connection, filt: EventFilter, names: Sequence[str] | N
 
 
 def find_events(
-    conn: sqlite3.Connection, filt: EventFilter, *, regex_timeout: float = DEFAULT_TIME_LIMIT, walk: str | None = None
+    conn: ReadConnection, filt: EventFilter, *, regex_timeout: float = DEFAULT_TIME_LIMIT, walk: str | None = None
 ) -> EventPage:
     """The events that pass every filter, newest first, at most ``filt.limit`` of them, each with
     all its deliveries. Raises QueryError for bad filters. ``walk`` forces the way they are found
@@ -528,8 +610,8 @@ def find_events(
     return EventPage(events, more, tuple(name_test.timeouts) if name_test else ())
 
 
-def _through_events(conn: sqlite3.Connection, filt: EventFilter, name_test: _NameTest | None, want: int) -> list[_Head]:
-    sql, params = events_sql(filt)
+def _through_events(conn: ReadConnection, filt: EventFilter, name_test: _NameTest | None, want: int) -> list[_Head]:
+    sql, params = events_sql(filt, dialect_of(conn))
     if name_test is None:
         return conn.execute(f"{sql} LIMIT ?", (*params, want)).fetchall()
     out: list[_Head] = []
@@ -541,8 +623,8 @@ def _through_events(conn: sqlite3.Connection, filt: EventFilter, name_test: _Nam
     return out
 
 
-def _through_names(conn: sqlite3.Connection, filt: EventFilter, names: Sequence[str], want: int) -> list[_Head]:
-    sql, params = named_events_sql(filt)
+def _through_names(conn: ReadConnection, filt: EventFilter, names: Sequence[str], want: int) -> list[_Head]:
+    sql, params = named_events_sql(filt, dialect_of(conn))
     walks: list[Iterable[_Head]] = [conn.execute(f"{sql} LIMIT ?", (name, *params, want)) for name in names]
     merged: Iterator[_Head] = heapq.merge(*walks, key=lambda h: h[1], reverse=True)
     out: list[_Head] = []
@@ -553,8 +635,8 @@ def _through_names(conn: sqlite3.Connection, filt: EventFilter, names: Sequence[
     return out
 
 
-def _through_deliveries(conn: sqlite3.Connection, filt: EventFilter, by: str | None, name_test: _NameTest | None, want: int) -> list[_Head]:
-    sql, params = deliveries_sql(filt, by)
+def _through_deliveries(conn: ReadConnection, filt: EventFilter, by: str | None, name_test: _NameTest | None, want: int) -> list[_Head]:
+    sql, params = deliveries_sql(filt, by, dialect_of(conn))
     found: dict[str, _Head] = {}
     newest: list[float] = []  # a min-heap of the received_at of the ``want`` newest events found
     for *head, created_at in conn.execute(sql, params):
@@ -574,7 +656,7 @@ def _through_deliveries(conn: sqlite3.Connection, filt: EventFilter, by: str | N
     return sorted(found.values(), key=lambda h: (h[1], h[0]), reverse=True)[:want]
 
 
-def deliveries_of(conn: sqlite3.Connection, event_ids: Sequence[str]) -> dict[str, list[DeliveryRecord]]:
+def deliveries_of(conn: ReadConnection, event_ids: Sequence[str]) -> dict[str, list[DeliveryRecord]]:
     """Each event's deliveries, oldest first (through journal_deliveries_by_event)."""
     out: dict[str, list[DeliveryRecord]] = {}
     for start in range(0, len(event_ids), 500):
@@ -591,7 +673,7 @@ def deliveries_of(conn: sqlite3.Connection, event_ids: Sequence[str]) -> dict[st
 # --- ids ------------------------------------------------------------------------------------------------
 
 
-def resolve_id(conn: sqlite3.Connection, text: str) -> tuple[str, str | None]:
+def resolve_id(conn: ReadConnection, text: str) -> tuple[str, str | None]:
     """(event id, delivery id or None) for an event id or a delivery id, whole or cut short to at
     least MIN_PREFIX characters (as the log shows them, ``6f0c1d2e…``). Raises QueryError for an
     id that names nothing, or more than one thing."""
@@ -605,11 +687,15 @@ def resolve_id(conn: sqlite3.Connection, text: str) -> tuple[str, str | None]:
     if row is not None:
         return row[0], row[1]
     if len(wanted) >= MIN_PREFIX:
-        # A prefix is a range of the primary key: '~' sorts after every character an id holds.
+        # A prefix is a range of the primary key: '~' sorts after every character an id holds (in
+        # byte order: ``binary`` asks PostgreSQL for it, whatever the database's collation).
         upper = wanted + "~"
-        events = [r[0] for r in conn.execute("SELECT event_id FROM journal_events WHERE event_id >= ? AND event_id < ? LIMIT 2", (wanted, upper))]
+        event_id, delivery_id = (f"{column}{dialect_of(conn).binary}" for column in ("event_id", "delivery_id"))
+        events = [
+            r[0] for r in conn.execute(f"SELECT event_id FROM journal_events WHERE {event_id} >= ? AND {event_id} < ? LIMIT 2", (wanted, upper))
+        ]
         deliveries = conn.execute(
-            "SELECT event_id, delivery_id FROM journal_deliveries WHERE delivery_id >= ? AND delivery_id < ? LIMIT 2", (wanted, upper)
+            f"SELECT event_id, delivery_id FROM journal_deliveries WHERE {delivery_id} >= ? AND {delivery_id} < ? LIMIT 2", (wanted, upper)
         ).fetchall()
         if len(events) + len(deliveries) == 1:
             return (events[0], None) if events else (deliveries[0][0], deliveries[0][1])
@@ -624,7 +710,7 @@ def resolve_id(conn: sqlite3.Connection, text: str) -> tuple[str, str | None]:
 # --- tracing --------------------------------------------------------------------------------------------
 
 
-def trace(conn: sqlite3.Connection, id_: str, explain: Explain | None = None) -> Trace:
+def trace(conn: ReadConnection, id_: str, explain: Explain | None = None) -> Trace:
     """An event (or the event of a delivery) with each hook it matched, explained by ``explain``,
     and each delivery with every attempt and where it is now. Raises QueryError for an unknown id."""
     event_id, delivery_id = resolve_id(conn, id_)
@@ -633,7 +719,8 @@ def trace(conn: sqlite3.Connection, id_: str, explain: Explain | None = None) ->
     ).fetchone()
     if row is None:  # a delivery whose event was pruned first (retention works in batches)
         raise QueryError(f"the event {event_id} of delivery {delivery_id} is no longer in the journal (pruned by journal.retention)")
-    body = row[4] if isinstance(row[4], bytes) else str(row[4]).encode("utf-8", "surrogatepass")
+    # a BLOB (or a body once kept as TEXT) in SQLite; bytea in PostgreSQL, which a driver may give as a memoryview
+    body = bytes(row[4]) if isinstance(row[4], (bytes, bytearray, memoryview)) else str(row[4]).encode("utf-8", "surrogatepass")
     event = ReceivedEvent(row[0], row[1], row[2], row[3], body, bool(row[5]))
     hooks = tuple(_matched_hooks(row[6], event, explain))
     deliveries = deliveries_of(conn, [event_id]).get(event_id, [])
@@ -668,7 +755,7 @@ def _matched_hooks(text: str, event: ReceivedEvent, explain: Explain | None) -> 
         yield MatchedHook(hook, client, delivery if isinstance(delivery, str) else None, str(entry.get("note") or ""), configured, fires, why)
 
 
-def attempts_of(conn: sqlite3.Connection, delivery_ids: Sequence[str]) -> dict[str, list[AttemptRecord]]:
+def attempts_of(conn: ReadConnection, delivery_ids: Sequence[str]) -> dict[str, list[AttemptRecord]]:
     """Each delivery's attempts in order (through journal_attempts' primary key)."""
     out: dict[str, list[AttemptRecord]] = {}
     for start in range(0, len(delivery_ids), 500):
@@ -684,7 +771,7 @@ def attempts_of(conn: sqlite3.Connection, delivery_ids: Sequence[str]) -> dict[s
     return out
 
 
-def outbox_rows(conn: sqlite3.Connection, delivery_ids: Sequence[str]) -> dict[str, OutboxRecord]:
+def outbox_rows(conn: ReadConnection, delivery_ids: Sequence[str]) -> dict[str, OutboxRecord]:
     """The outbox rows these deliveries still have (pending ones and dead letters)."""
     out: dict[str, OutboxRecord] = {}
     try:
@@ -693,7 +780,7 @@ def outbox_rows(conn: sqlite3.Connection, delivery_ids: Sequence[str]) -> dict[s
             marks = ",".join("?" * len(chunk))
             for row in conn.execute(f"SELECT id, state, attempts, next_attempt_at, last_error FROM deliveries WHERE id IN ({marks})", chunk):
                 out[row[0]] = OutboxRecord(*row[1:])
-    except sqlite3.OperationalError:  # a journal copied without its outbox: "where it is now" is the journal's word alone
+    except query_errors():  # a journal copied without its outbox: "where it is now" is the journal's word alone
         return {}
     return out
 
@@ -702,6 +789,7 @@ __all__ = [
     "AttemptRecord",
     "DeliveryRecord",
     "DeliveryTrace",
+    "Dialect",
     "EventFilter",
     "EventPage",
     "EventSummary",
@@ -709,8 +797,12 @@ __all__ = [
     "JournalUnavailable",
     "MatchedHook",
     "OutboxRecord",
+    "POSTGRESQL",
     "QueryError",
+    "ReadConnection",
+    "ReadCursor",
     "ReceivedEvent",
+    "SQLITE",
     "Trace",
     "UnknownIdError",
     "attempts_of",
@@ -718,11 +810,13 @@ __all__ = [
     "compile_setting_client",
     "deliveries_of",
     "deliveries_sql",
+    "dialect_of",
     "events_sql",
     "find_events",
     "named_events_sql",
     "open_read_only",
     "outbox_rows",
+    "query_errors",
     "resolve_id",
     "setting_client_names",
     "trace",

@@ -23,6 +23,7 @@ another replica take over, whatever the network delay.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -149,6 +150,24 @@ class LaneKeeper:
         await self._take(started)
         for client in list(self._held):
             await self._schedule(client, full=True)
+        await self._hand_back_idle()
+
+    async def _hand_back_idle(self) -> None:
+        """Give back the lanes that have had no work for a whole lease, when other replicas are
+        alive: the next work for such a client goes to whichever replica has room, so the lanes
+        spread out again after a replica restarts, instead of staying with whoever took them."""
+        if self.replicas < 2:
+            return
+        idle = [c for c in self._held if (quiet := self._dispatcher.idle_for(c)) is not None and quiet >= self._store.lease]
+        if not idle:
+            return
+        for client in idle:
+            self._held.pop(client, None)
+            self._seen.pop(client, None)
+            self._dispatcher.lost_lane(client)
+        await self._store.release_lanes(idle)
+        log.info("handed back the idle lane%s of %s", "s" if len(idle) > 1 else "", ", ".join(idle))
+        self._count()
 
     async def _take(self, started: float) -> None:
         configured = set(self._clients())
@@ -168,11 +187,26 @@ class LaneKeeper:
                 self._gain(grant.client, started)
 
     async def _notified_work(self, clients: set[str]) -> None:
-        unheld = [c for c in clients if c and c not in self._held and c in set(self._clients())]
-        if unheld and len(self._held) < math.ceil((len(self._held) + len(unheld)) / max(1, self.replicas)) + 1:
-            started = self._clock()
-            for grant in await self._store.acquire_lanes(unheld):
-                self._gain(grant.client, started)
+        configured = set(self._clients())
+        unheld = [c for c in clients if c and c not in self._held and c in configured]
+        if unheld:
+            # every replica hears the same notifications and shares them out the same way: the
+            # clients in a fixed order, dealt round robin to the live replicas in name order. Each
+            # takes its own first, then, a moment later, whatever nobody took meanwhile (a replica
+            # that just left or came), so the lanes spread out and none waits for the next round.
+            names = sorted(name for name, *_ in await self._store.replicas())
+            self.replicas = max(1, len(names))
+            dealt = sorted(unheld, key=lambda c: hashlib.blake2b(c.encode(), digest_size=8).digest())
+            mine = [c for i, c in enumerate(dealt) if names[i % len(names)] == self._store.replica] if self._store.replica in names else dealt
+            rest = [c for c in dealt if c not in mine]
+            for second, batch in enumerate((mine, rest)):
+                if not batch:
+                    continue
+                if second:
+                    await asyncio.sleep(BATCH_WAIT * 2)
+                started = self._clock()
+                for grant in await self._store.acquire_lanes(batch):
+                    self._gain(grant.client, started)
         for client in clients:
             if client in self._held:
                 await self._schedule(client, full=False)

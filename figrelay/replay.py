@@ -1,6 +1,7 @@
 """Replay: which finished deliveries to send again, and what to send.
 
-``plan_replay`` reads the journal (and the outbox) through a connection and decides; it writes
+``plan_replay`` reads the journal (and the outbox) through a read-only connection, SQLite's or a
+``storage.pg_read.PostgresReader`` (journal_queries.ReadConnection), and decides; it writes
 nothing. The daemon's ``POST /-/replay`` (server.py) stores the plan with ``Outbox.replay`` and
 schedules it on the dispatcher, so a replay is paced, coalesced and retried like any delivery.
 
@@ -27,7 +28,6 @@ settings that matched. So the body of a replay is, in this order:
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from .config import Config, HookConfig, closest
 from .events import EventError, parse_event_body
 from .journal import JournalDelivery
-from .journal_queries import DeliveryRecord, QueryError, check_route, deliveries_of, resolve_id
+from .journal_queries import DeliveryRecord, QueryError, ReadConnection, check_route, deliveries_of, dialect_of, query_errors, resolve_id
 from .rules import Rules
 
 MAX_REPLAY = 10_000
@@ -84,7 +84,7 @@ class ReplayPlan:
 
 
 def plan_replay(
-    conn: sqlite3.Connection, request: ReplayRequest, config: Config, now: float, new_id: Callable[[], str] = lambda: uuid.uuid4().hex
+    conn: ReadConnection, request: ReplayRequest, config: Config, now: float, new_id: Callable[[], str] = lambda: uuid.uuid4().hex
 ) -> ReplayPlan:
     """What ``request`` replays under ``config``. Raises QueryError for bad input: an unknown id,
     an unknown event type, no selection, both ids and a window, too many deliveries."""
@@ -120,7 +120,7 @@ def plan_replay(
     return ReplayPlan(tuple(replays), tuple(refused))
 
 
-def _select_by_id(conn: sqlite3.Connection, asked: str, request: ReplayRequest, out: list[DeliveryRecord], refused: list[ReplayRefusal]) -> None:
+def _select_by_id(conn: ReadConnection, asked: str, request: ReplayRequest, out: list[DeliveryRecord], refused: list[ReplayRefusal]) -> None:
     event_id, delivery_id = resolve_id(conn, asked)
     deliveries = deliveries_of(conn, [event_id]).get(event_id, [])
     if delivery_id is not None:
@@ -149,9 +149,10 @@ def _select_by_id(conn: sqlite3.Connection, asked: str, request: ReplayRequest, 
             refused.append(ReplayRefusal(d.delivery_id, f"it is {d.state} (dropped from the outbox on purpose), not delivered or dead"))
 
 
-def _select_window(conn: sqlite3.Connection, request: ReplayRequest, since: float, until: float) -> list[DeliveryRecord]:
+def _select_window(conn: ReadConnection, request: ReplayRequest, since: float, until: float) -> list[DeliveryRecord]:
     """The original deliveries made in the window that are delivered or dead, oldest first,
-    through journal_deliveries_by_client (or by_state, one range per state)."""
+    through journal_deliveries_by_client (or by_state, one range per state; ``no_index``, SQLite's
+    unary ``+``, keeps SQLite on the client index when both would do)."""
     columns = "delivery_id, event_id, client, hook, route, created_at, state, attempts, finished_at, last_reason, replay_of"
     rows: list[tuple[object, ...]] = []
     states = REPLAYABLE if request.outcome is None else (request.outcome,)
@@ -159,7 +160,7 @@ def _select_window(conn: sqlite3.Connection, request: ReplayRequest, since: floa
         marks = ",".join("?" * len(states))
         rows = conn.execute(
             f"SELECT {columns} FROM journal_deliveries WHERE client = ? AND created_at >= ? AND created_at <= ?"
-            f" AND +state IN ({marks}) AND replay_of IS NULL",
+            f" AND {dialect_of(conn).no_index}state IN ({marks}) AND replay_of IS NULL",
             (request.client, since, until, *states),
         ).fetchall()
     else:
@@ -178,7 +179,7 @@ def _select_window(conn: sqlite3.Connection, request: ReplayRequest, since: floa
 class _Planner:
     """Builds each replay under one configuration, reading each event once."""
 
-    def __init__(self, conn: sqlite3.Connection, config: Config, now: float, new_id: Callable[[], str]) -> None:
+    def __init__(self, conn: ReadConnection, config: Config, now: float, new_id: Callable[[], str]) -> None:
         self._conn = conn
         self._config = config
         self._now = now
@@ -220,7 +221,7 @@ class _Planner:
     def _event(self, event_id: str) -> tuple[str, bytes] | None:
         if event_id not in self._events:
             row = self._conn.execute("SELECT route, body FROM journal_events WHERE event_id = ?", (event_id,)).fetchone()
-            self._events[event_id] = None if row is None else (row[0], row[1] if isinstance(row[1], bytes) else str(row[1]).encode())
+            self._events[event_id] = None if row is None else (row[0], _body_bytes(row[1]))
         return self._events[event_id]
 
     def _body(self, original: DeliveryRecord, hook: HookConfig | None) -> tuple[bytes, str] | str:
@@ -255,10 +256,16 @@ class _Planner:
         return matches[0].event.to_json(), "hook" if matches[0].timed_out is None else "event"
 
 
-def _outbox_body(conn: sqlite3.Connection, delivery_id: str) -> bytes | None:
+def _body_bytes(value: object) -> bytes:
+    """A body column as bytes: a BLOB in SQLite (or TEXT, for a body once kept so), bytea in
+    PostgreSQL, which a driver may give as a memoryview (``str()`` of one is not its bytes)."""
+    return bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else str(value).encode()
+
+
+def _outbox_body(conn: ReadConnection, delivery_id: str) -> bytes | None:
     try:
         row = conn.execute("SELECT body FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
-    except sqlite3.OperationalError:  # a store without an outbox table (a copied journal)
+    except query_errors():  # a store without an outbox table (a copied journal)
         return None
     return None if row is None else bytes(row[0])
 

@@ -14,7 +14,6 @@ import ipaddress
 import json
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -29,12 +28,14 @@ from .config import Config
 from .connections import track_requests
 from .events import ROUTES, EventError, parse_event_body
 from .intake import Intake
-from .journal_queries import JournalUnavailable, QueryError, UnknownIdError, open_read_only
+from .journal_queries import JournalUnavailable, QueryError, ReadConnection, UnknownIdError, open_read_only, query_errors
 from .logs import OncePerKey, redactor
 from .metrics import Metrics
 from .reload import ConfigHolder
 from .replay import ReplayPlan, ReplayRequest, answer, plan_replay, request_from_json, schedule_items, stored
 from .storage import OutboxError, Store, UnstorableError
+from .storage.pg_read import PostgresReader
+from .storage.postgresql_store import PostgresStore
 from .storage.sqlite import Outbox
 
 log = logging.getLogger("figrelay.server")
@@ -345,6 +346,8 @@ async def readyz(request: web.Request) -> web.Response:
         checks["outbox_unwritable_since"] = datetime.fromtimestamp(health.since, timezone.utc).isoformat(timespec="seconds")
     holder = request.app[HOLDER]
     checks["config_loaded"] = holder.loaded
+    if holder.loaded:
+        checks["config_hash"] = holder.current.config.digest
     checks["last_reload_successful"] = holder.last_reload_ok
     ready = checks["listening"] and checks["outbox_writable"] and checks["config_loaded"]
     return web.json_response({"status": "ready" if ready else "not_ready", **checks}, status=200 if ready else 503, dumps=_json_text)
@@ -432,7 +435,7 @@ async def replay_deliveries(request: web.Request) -> web.Response:
     except QueryError as exc:
         status, error = (404, "unknown_id") if isinstance(exc, UnknownIdError) else (400, "invalid_replay")
         return error_response(status, error, str(exc))
-    except (JournalUnavailable, sqlite3.Error) as exc:
+    except (JournalUnavailable, *query_errors()) as exc:
         log.error("replay: cannot read the journal: %s", exc)
         return error_response(503, "journal_unavailable", f"cannot read the journal: {exc}")
     if not ask.dry_run and plan.replays:
@@ -443,7 +446,7 @@ async def replay_deliveries(request: web.Request) -> web.Response:
             response = error_response(503, "storage_unavailable", f"figrelay could not store the replays: {exc}; try again later")
             response.headers["Retry-After"] = "5"
             return response
-        request.app[INTAKE].dispatcher.schedule(schedule_items(plan))
+        request.app[INTAKE].announce(list(schedule_items(plan)))
         for p in plan.replays:
             log.info(
                 "replay %s of delivery %s (%s to %s, %s): body from the %s",
@@ -456,12 +459,15 @@ async def replay_deliveries(request: web.Request) -> web.Response:
 
 
 def _plan_replay(outbox: Store, ask: ReplayRequest, config: Config, now: float) -> ReplayPlan:
-    """Plan on a read-only connection of its own, in a thread: the outbox's connection stays free
-    for the intake's and the dispatcher's writes while the journal is read."""
-    # SQLite-specific: the plan reads the SQLite file (replay.py's queries, and the sqlite3.Error
-    # caught above); the PostgreSQL back end will need a planner on a connection of its own.
-    assert isinstance(outbox, Outbox), "replay planning reads the SQLite journal"
-    conn = open_read_only(outbox.path)
+    """Plan on a read-only connection of its own, in a thread: the store's own connections stay
+    free for the intake's and the dispatcher's writes while the journal is read."""
+    # the one place the server reads the journal itself: the SQLite file, or the shared database
+    conn: ReadConnection
+    if isinstance(outbox, PostgresStore):
+        conn = PostgresReader.open(outbox.target)
+    else:
+        assert isinstance(outbox, Outbox), "replay planning reads the journal of a known back end"
+        conn = open_read_only(outbox.path)
     try:
         return plan_replay(conn, ask, config, now)
     finally:

@@ -204,3 +204,90 @@ async def test_the_database_away_under_load_means_503_then_everything_resumes(
     assert refused, "while the database is away, events are refused with 503"
     assert not (delivered - acknowledged - refused), "nothing is delivered that was neither acknowledged nor refused"
     assert set(after.values()) == {200}, "everything resumes without a restart of figrelay"
+
+
+async def test_operator_commands_work_against_the_shared_database(daemon_factory: Callable[..., Any], receiver: Receiver, pg_database: str) -> None:
+    from aiohttp import web
+    from test_operations import afigrelay
+
+    refuse = True
+    receiver.responder = lambda r: web.Response(status=400, text="bad request") if refuse else None
+    config = replica_config(pg_database, {"siem": receiver}, "  - {event: SecurityEvent, client: siem}")
+    a, b = await replicas(daemon_factory, config)
+    status, payload = await b.post("SecurityEvent", event("SecurityEvent", Username="alice"), AUTH)
+    assert status == 200
+    (delivery,) = payload["deliveries"]
+    await wait_until(lambda: "failed for good" in a.log + b.log, what="a dead letter")
+
+    code, out, err = await afigrelay("deliveries", "--state", "dead", "--config", str(a.config_path))
+    assert code == 0, err
+    assert delivery["id"] in out and "HTTP 400" in out
+    assert "replicas: 2 alive" in out and "lanes (the replica sending to each client now):" in out and "siem:" in out
+
+    refuse = False
+    code, out, err = await afigrelay("deliveries", "retry", delivery["id"], "--config", str(a.config_path))
+    assert code == 0 and "1 dead letter is pending again" in out, (out, err)
+    await wait_until(lambda: len(receiver.requests) == 2, what="the retried dead letter sent by a replica, woken by NOTIFY")
+    assert receiver.requests[1].headers["X-Figrelay-Delivery"] == delivery["id"]
+    code, out, err = await afigrelay("trace", delivery["id"], "--config", str(a.config_path))
+    assert code == 0, err
+    assert "delivered" in out
+    code, out, err = await afigrelay("events", "--config", str(b.config_path))
+    assert code == 0 and "SecurityEvent" in out, (out, err)
+    # a replay, planned from the shared journal by the replica asked, sent by the lane's holder
+    code, out, err = await afigrelay("replay", delivery["id"], "--url", b.url, "--config", str(b.config_path))
+    assert code == 0, (out, err)
+    await wait_until(lambda: len(receiver.requests) == 3, what="the replay")
+    assert receiver.requests[2].headers["X-Figrelay-Delivery"] != delivery["id"]
+    assert receiver.requests[2].json["Username"] == "alice"
+
+
+async def test_lanes_spread_over_the_replicas_and_each_client_keeps_its_order(
+    daemon_factory: Callable[..., Any], receiver_factory: Callable[..., Any], pg_database: str
+) -> None:
+    receivers = {f"team{i}": await receiver_factory() for i in range(4)}
+    hooks = "\n".join(f"  - {{event: SecurityEvent, client: {name}}}" for name in receivers)
+    a, b = await replicas(daemon_factory, replica_config(pg_database, receivers, hooks))
+    names = [f"user{i:03d}" for i in range(40)]
+    answers = await post_many([a, b], names, concurrency=1)
+    assert set(answers.values()) == {200}
+    await wait_until(lambda: all(len(r.requests) == len(names) for r in receivers.values()), timeout=30, what="every client served")
+    for rec in receivers.values():
+        assert names_of(rec) == names, "each client gets its events once, in the order they were accepted"
+    held = {}
+    for d in (a, b):
+        _, metrics, _ = await d.request("GET", "/metrics")
+        held[d] = {line.split('"')[1] for line in metrics.splitlines() if line.startswith("figrelay_replica_lane_held{") and line.endswith(" 1.0")}
+    assert held[a] | held[b] == set(receivers) and not held[a] & held[b]
+    assert held[a] and held[b], f"the four lanes spread over both replicas: {held}"
+
+
+async def test_a_replica_started_before_its_database_waits_not_ready_then_comes_up_by_itself(
+    daemon_factory: Callable[..., Any], receiver: Receiver, pg_database: str, postgres: str
+) -> None:
+    import asyncpg
+
+    database = urllib.parse.urlsplit(pg_database).path.strip("/")
+    admin = await asyncpg.connect(postgres)
+    try:
+        await admin.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false")
+        config = replica_config(pg_database, {"siem": receiver}, "  - {event: SecurityEvent, client: siem}")
+        d = await daemon_factory(config, start=False)
+        await d.start(expect_ready=False)
+        d.url = (await d.wait_for_log(r"listening on (http://\S+)")).group(1)
+        await d.wait_for_log(r"cannot connect to PostgreSQL: .*trying again")
+        status, ready, _ = await d.request("GET", "/readyz")
+        assert status == 503 and ready["outbox_writable"] is False and "not connected to PostgreSQL yet" in ready["outbox_error"], ready
+        status, payload = await d.post("SecurityEvent", event("SecurityEvent"), AUTH)
+        assert status == 503 and payload["error"] == "storage_unavailable"
+        assert pg_database.split(":")[2].split("@")[0] not in d.log, "the password never reaches the log"
+        await admin.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true")
+    finally:
+        await admin.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true")
+        await admin.close()
+    await d.wait_for_log(r"ready in", timeout=30)
+    status, ready, _ = await d.request("GET", "/readyz")
+    assert status == 200 and len(ready["config_hash"]) == 16, ready
+    status, _ = await d.post("SecurityEvent", event("SecurityEvent"), AUTH)
+    assert status == 200
+    await wait_until(lambda: len(receiver.requests) == 1, what="the first delivery")

@@ -117,7 +117,7 @@ async def test_a_back_end_has_every_member_of_the_contract_with_its_signature(ba
 # --- what the core calls on a store ---------------------------------------------------------------
 
 CORE = ("intake.py", "dispatch.py", "daemon.py", "server.py", "commands.py", "commands_journal.py", "replay.py", "metrics.py", "reload.py")
-SQLITE_ONLY = {("daemon.py", "_watch_outbox", "data_version"), ("server.py", "_plan_replay", "path")}
+SQLITE_ONLY = {("daemon.py", "_watch_outbox", "data_version"), ("server.py", "_plan_replay", "path"), ("server.py", "_plan_replay", "target")}
 # and where the daemon wires the PostgreSQL back end's own parts (its lanes, its listener)
 SQLITE_ONLY |= {("daemon.py", "serve", name) for name in ("open", "listen", "target", "on_claim")}
 """Where the core uses what only the SQLite back end has, on purpose; the PostgreSQL one differs there."""

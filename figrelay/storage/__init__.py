@@ -1,24 +1,25 @@
 """Storage: where accepted events wait for delivery, and where finished ones are remembered.
 
 The contract the core depends on is ``Store`` with its value types and errors (base.py, all
-re-exported here). One back end implements it today:
+re-exported here). Two back ends implement it:
 
-- ``figrelay.storage.sqlite.Outbox``: a SQLite file in ``state_dir`` (the default, and the only
-  one so far). The daemon and ``figrelay deliveries`` open it; everything else takes a ``Store``.
+- ``figrelay.storage.sqlite.Outbox``: a SQLite file in ``state_dir``, the default; one process
+  owns it (the journal's tables are journal.py's, written in the outbox's own transactions);
+- ``figrelay.storage.postgresql_store.PostgresStore``: a PostgreSQL database shared by several
+  replicas (``storage: postgresql://…``); postgresql.py parses the URL, connects with retries and
+  migrates the schema under a lock, and figrelay/lanes.py decides which replica sends to which
+  client.
 
-Where SQLite-specific code lives, which a PostgreSQL back end needs its own of:
+The daemon (daemon.serve) and ``figrelay deliveries`` (commands._open_outbox) choose the back end
+from the configuration; everything else takes a ``Store``. Where each back end has code of its
+own:
 
-- storage/sqlite.py: the outbox's schema and every statement on it, the group commit, the store
-  marker, the full-disk recovery, and ``data_version`` (polled by ``daemon._watch_outbox`` to see
-  another process's commits; PostgreSQL: LISTEN/NOTIFY).
-- journal.py: the journal's tables and its writes, pruning and size measurement, which
-  storage/sqlite.py runs inside its own transactions (the value types there, ``JournalEvent``,
-  ``JournalDelivery``, ``Attempt``, ``Pruned``, ``JournalStats``, belong to the contract).
-- journal_queries.py and replay.py: the read-only queries of ``figrelay events``, ``trace`` and
-  replay planning, on a ``sqlite3`` connection of their own (``open_read_only``); they reach the
-  file through ``daemon.OUTBOX_FILE`` (commands_journal.py) or ``Outbox.path``
-  (``server._plan_replay``).
-- cli.py's ``state_dir`` check, which names the SQLite files.
+- noticing other processes' commits: SQLite's ``data_version``, polled by
+  ``daemon._watch_outbox``; PostgreSQL's ``LISTEN/NOTIFY`` (``PostgresStore.listen``);
+- the journal's read side (journal_queries.py, replay.py) runs the same SQL on a read-only
+  connection of its own: ``journal_queries.open_read_only`` for the SQLite file,
+  ``pg_read.PostgresReader`` for PostgreSQL;
+- cli.py's ``state_dir`` check, which names the SQLite files (unused with ``storage:``).
 """
 
 from __future__ import annotations

@@ -892,17 +892,20 @@ class Migration:
 # Times are seconds since the epoch as double precision, as in the SQLite store, so that the core's
 # values pass through unchanged; leases compare with the database's clock (extract(epoch from
 # now())), never a replica's, so clock skew between replicas cannot hand out a lease twice.
+# Ids and setting-client names sort by code point (COLLATE "C"), as in SQLite: the journal's
+# prefix lookups (``figrelay trace 6f0c1d…``) and name walks then use their indexes under any
+# database collation.
 _V1 = """
 CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
 
 CREATE TABLE deliveries (
-    id              text PRIMARY KEY,
+    id              text COLLATE "C" PRIMARY KEY,
     seq             bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     client          text NOT NULL,
     route           text NOT NULL,
     body            bytea NOT NULL,
     hook            integer,
-    event_id        text,
+    event_id        text COLLATE "C",
     created_at      double precision NOT NULL,
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at double precision NOT NULL,
@@ -957,10 +960,10 @@ CREATE TABLE replicas (
 COMMENT ON TABLE replicas IS 'every running figrelay replica, seen_at renewed with its leases: how many share the work';
 
 CREATE TABLE journal_events (
-    event_id       text PRIMARY KEY,
+    event_id       text COLLATE "C" PRIMARY KEY,
     received_at    double precision NOT NULL,
     route          text NOT NULL,
-    setting_client text,
+    setting_client text COLLATE "C",
     body           bytea NOT NULL,
     test           boolean NOT NULL DEFAULT false,
     matched        text NOT NULL DEFAULT '[]',
@@ -972,8 +975,8 @@ CREATE INDEX journal_events_by_route ON journal_events (route, received_at);
 CREATE INDEX journal_events_by_client ON journal_events (setting_client, received_at);
 
 CREATE TABLE journal_deliveries (
-    delivery_id text PRIMARY KEY,
-    event_id    text NOT NULL,
+    delivery_id text COLLATE "C" PRIMARY KEY,
+    event_id    text COLLATE "C" NOT NULL,
     client      text NOT NULL,
     hook        integer,
     route       text NOT NULL,
@@ -990,7 +993,7 @@ CREATE INDEX journal_deliveries_by_client ON journal_deliveries (client, created
 CREATE INDEX journal_deliveries_by_state ON journal_deliveries (state, created_at);
 
 CREATE TABLE journal_attempts (
-    delivery_id text NOT NULL,
+    delivery_id text COLLATE "C" NOT NULL,
     attempt     integer NOT NULL,
     started_at  double precision NOT NULL,
     duration    double precision NOT NULL,

@@ -98,7 +98,13 @@ class LaneGrant:
 class PostgresStore:
     """The ``Store`` on PostgreSQL (``storage: postgresql://…``)."""
 
-    def __init__(self, target: PostgresTarget, *, replica: str | None = None, lease: float = DEFAULT_LEASE, config_hash: str | None = None) -> None:
+    def __init__(
+        self, target: PostgresTarget, *, replica: str | None = None, lease: float = DEFAULT_LEASE, config_hash: str | None = None,
+        command: bool = False,
+    ) -> None:
+        self.command = command
+        """An operator command's store (``figrelay deliveries``): one connection attempt, no
+        presence among the replicas, and ``fetch`` only reads (it claims nothing)."""
         self.target = target
         self.replica = replica or replica_name()
         self.lease = lease
@@ -146,6 +152,7 @@ class PostgresStore:
                     await conn.execute("SELECT 1")
             except Exception as exc:
                 log.debug("the database is still away: %s", exc)
+                self._lost(exc)  # health tells the last failure: the reason it is away now
                 continue
             log.warning("the database is back after %.1fs: events are accepted again", time.time() - self._health.since)
             self._health = OutboxHealth(True, time.time())
@@ -153,7 +160,8 @@ class PostgresStore:
 
     async def _with(self, fn: Callable[[Any], Awaitable[T]], *, write: bool = True) -> T:
         """Run ``fn(connection)`` in a transaction (``write``) or on a connection, mapping errors:
-        a value PostgreSQL refuses is UnstorableError, anything else means the database is away."""
+        a value PostgreSQL refuses is UnstorableError, a failure of the database or the connection
+        means it is away; anything else (a completion that raised) goes through as it is."""
         if self._pool is None:
             raise OutboxError(self._health.error or "not connected to PostgreSQL yet")
         if write and not self._health.writable:
@@ -168,7 +176,7 @@ class PostgresStore:
             raise UnstorableError(f"PostgreSQL refused the value: {exc}") from None
         except (OutboxError, asyncio.CancelledError):
             raise
-        except Exception as exc:
+        except self._errors as exc:
             raise self._lost(exc) from None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -179,7 +187,7 @@ class PostgresStore:
         migration lock, and register this replica. ``accept_empty`` has no use here: the
         database itself is the store, and PostgreSQL keeps its own backups."""
         asyncpg = _asyncpg()
-        self._errors = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+        self._errors = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)
         self._data_errors = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.exceptions.UntranslatableCharacterError)
 
         async def open_pool(target: PostgresTarget) -> Any:
@@ -193,8 +201,9 @@ class PostgresStore:
             self.store_id = result.store_id
             return pool
 
-        self._pool = await connect_with_retry(self.target, connect=open_pool)
-        await self._register()
+        self._pool = await connect_with_retry(self.target, connect=open_pool, max_attempts=1 if self.command else None)
+        if not self.command:
+            await self._register()
         self._health = OutboxHealth(True, time.time())
         self.connected.set()
         log.info("using PostgreSQL at %s as replica %s (lease %gs)", self.target.describe(), self.replica, self.lease)
@@ -213,7 +222,7 @@ class PostgresStore:
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        if self._pool is not None:
+        if self._pool is not None and not self.command:
             try:
                 async with asyncio.timeout(5):
                     async with self._pool.acquire() as conn:
@@ -225,6 +234,7 @@ class PostgresStore:
                             await conn.execute(f"SELECT pg_notify('{WORK_CHANNEL}', '')")
             except Exception as exc:
                 log.debug("could not hand back this replica's lanes (they lapse by themselves): %s", exc)
+        if self._pool is not None:
             try:
                 async with asyncio.timeout(5):
                     await self._pool.close()
@@ -332,7 +342,7 @@ class PostgresStore:
     async def pending_in_order(self, client: str | None = None) -> list[tuple[str, str, float]]:
         async def read(conn: Any) -> list[Any]:
             if client is None:
-                return await conn.fetch("SELECT id, client, created_at FROM deliveries WHERE state = 'pending' ORDER BY client, created_at, seq")
+                return await conn.fetch("SELECT id, client, created_at FROM deliveries WHERE state = 'pending' ORDER BY created_at, seq")
             return await conn.fetch("SELECT id, client, created_at FROM deliveries WHERE state = 'pending' AND client = $1 ORDER BY created_at, seq", client)
 
         return [(r[0], r[1], r[2]) for r in await self._with(read, write=False)]
@@ -359,11 +369,21 @@ class PostgresStore:
                 list(ids), self.replica, self.lease,
             )
 
+        async def read(conn: Any) -> list[Any]:
+            return await conn.fetch(f"SELECT {_COLUMNS} FROM deliveries WHERE id = ANY($1::text[])", list(ids))
+
         if not ids:
             return {}
-        rows = await self._with(claim)
-        if self.on_claim is not None and rows:
-            self.on_claim(len(rows))
+        if self.command:
+            return {r[0]: StoredDelivery(*r) for r in await self._with(read, write=False)}
+        rows = list(await self._with(claim))
+        claimed = {r[0] for r in rows}
+        if len(claimed) < len(ids):
+            # the rows not claimed: finished ones (dead letters) are returned as they are, for
+            # what they say; pending ones another replica holds are left out
+            rows += [r for r in await self._with(read, write=False) if r[0] not in claimed and r[8] != "pending"]
+        if self.on_claim is not None and claimed:
+            self.on_claim(len(claimed))
         return {r[0]: StoredDelivery(*r) for r in rows}
 
     async def record_outcomes(self, outcomes: OutcomeWrites) -> None:
@@ -383,16 +403,18 @@ class PostgresStore:
                     "UPDATE journal_deliveries SET attempts = greatest(attempts, $1), last_reason = $2 WHERE delivery_id = $3",
                     [(a.attempt, _text(a.reason), a.delivery_id) for a in outcomes.attempts],
                 )
-            if keep:
-                await _journal_finished(conn, journal.Finished(outcomes.now, outcomes.delivered, [(i, r) for i, _, r in outcomes.dead]))
             if outcomes.delivered:
                 await conn.execute("DELETE FROM deliveries WHERE id = ANY($1::text[])", list(outcomes.delivered))
-            if outcomes.dead:
-                await conn.executemany(
+            dead = []  # the dead letters this replica may still write: the journal says dead of those only
+            for i, attempts, error in outcomes.dead:
+                if await conn.fetchval(
                     "UPDATE deliveries SET state = 'dead', attempts = coalesce($1, attempts), last_error = $2, dead_at = $3,"
-                    f" claimed_by = NULL, claimed_until = NULL WHERE id = $4 AND {mine % 5}",
-                    [(attempts, _text(error), outcomes.now, i, self.replica) for i, attempts, error in outcomes.dead],
-                )
+                    f" claimed_by = NULL, claimed_until = NULL WHERE id = $4 AND {mine % 5} RETURNING id",
+                    attempts, _text(error), outcomes.now, i, self.replica,
+                ) is not None:
+                    dead.append((i, error))
+            if keep:
+                await _journal_finished(conn, journal.Finished(outcomes.now, outcomes.delivered, dead))
             if outcomes.retry:
                 await conn.executemany(
                     "UPDATE deliveries SET attempts = $1, next_attempt_at = $2, last_error = $3, claimed_by = NULL, claimed_until = NULL"
@@ -620,14 +642,15 @@ class PostgresStore:
         rows = await self._with(lambda conn: conn.fetch(
             f"INSERT INTO lanes (client, owner, lease_until, acquired_at) SELECT c, $1, {_DB_NOW} + $2, {_DB_NOW} FROM unnest($3::text[]) c"
             f" ON CONFLICT (client) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until, acquired_at = excluded.acquired_at,"
-            f" fence = lanes.fence + 1 WHERE lanes.lease_until <= {_DB_NOW} OR lanes.owner = excluded.owner RETURNING client, fence",
+            " fence = lanes.fence + (lanes.owner <> excluded.owner)::int"
+            f" WHERE lanes.lease_until <= {_DB_NOW} OR lanes.owner = excluded.owner RETURNING client, fence",
             self.replica, self.lease, sorted(clients),
         ))
         return [LaneGrant(r[0], r[1]) for r in rows]
 
     async def release_lanes(self, clients: Sequence[str], keep_claimed: Sequence[str] = ()) -> None:
-        """Hand these lanes back at once (a replica with more than its share), with the claims on
-        their rows except those still in flight, and tell the others."""
+        """Hand these lanes back at once (idle ones), with the claims on their rows except those
+        still in flight."""
         if not clients:
             return
 
@@ -637,7 +660,7 @@ class PostgresStore:
                 "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1 AND client = ANY($2::text[]) AND NOT id = ANY($3::text[])",
                 self.replica, list(clients), list(keep_claimed),
             )
-            await self._notify(conn, clients)
+            # no NOTIFY: a lane is handed back when it has no work, and the next work announces itself
 
         await self._with(op)
 

@@ -554,6 +554,11 @@ class Outbox:
         """Store new deliveries (due now), session changes and, with the journal on, the event
         they came from, in one durable step. Raises UnstorableError, before any transaction, for
         a value SQLite cannot store."""
+        await self._accept(deliveries, sessions, event)
+        for s in sessions:  # committed: the count in memory follows
+            self._sessions.apply_write(s)
+
+    async def _accept(self, deliveries: Sequence[NewDelivery], sessions: Sequence[SessionWrite], event: journal.JournalEvent | None) -> None:
         _check_storable((*deliveries, *sessions, *((event,) if event is not None else ())))
         keep = event is not None and self.journal_enabled
 
@@ -591,10 +596,10 @@ class Outbox:
         """Count the change in memory (one process owns this file, and the event loop runs one
         count at a time), then store it with what it makes; undone if the write fails."""
         change = self._sessions.apply_write(session)
-        deliveries, event = complete(change)
         try:
+            deliveries, event = complete(change)
             if deliveries or change is not None or event is not None:
-                await self.accept(deliveries, [session] if change is not None else [], event)
+                await self._accept(deliveries, [session] if change is not None else [], event)
         except BaseException:
             if change is not None:
                 self._sessions.undo(change)

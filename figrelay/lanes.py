@@ -54,7 +54,7 @@ class LaneKeeper:
         self._held: dict[str, float] = {}
         """client -> until when (own clock) this replica may send to it."""
         self._seen: dict[str, int] = {}
-        """client -> the store position up to which its pending rows were scheduled."""
+        """client -> the store's transaction horizon up to which its pending rows were scheduled."""
         self._unheld_since: dict[str, float] = {}
         self._notified: set[str] = set()
         self._wake = asyncio.Event()
@@ -212,7 +212,7 @@ class LaneKeeper:
                 await self._schedule(client, full=False)
 
     async def _schedule(self, client: str, *, full: bool) -> None:
-        rows, position = await self._store.pending_after(client, 0 if full else self._seen.get(client, 0))
-        self._seen[client] = max(position, self._seen.get(client, 0))
+        rows, horizon = await self._store.pending_after(client, 0 if full else self._seen.get(client, 0))
+        self._seen[client] = max(horizon, self._seen.get(client, 0))
         if self.owns(client):
             self._dispatcher.schedule(rows)

@@ -883,3 +883,27 @@ async def test_health_while_the_database_refuses_connections(pg_database: str, p
         await admin.close()
         await store.close()
 
+
+
+async def test_a_late_commit_is_never_skipped_by_the_reader_of_new_work(replicas: tuple[PostgresStore, PostgresStore], pg_database: str) -> None:
+    """Rows are numbered when inserted but seen when committed: a transaction that inserted first
+    and commits last must still be read by the next ``pending_after`` from the horizon it gave."""
+    a, _ = replicas
+    slow = await asyncpg.connect(pg_database)
+    try:
+        transaction = slow.transaction()
+        await transaction.start()
+        await slow.execute(
+            "INSERT INTO deliveries (id, client, route, body, created_at, next_attempt_at) VALUES ('late', 'siem', 'SecurityEvent', '\\x7b7d', 1, 1)"
+        )
+        await a.accept([new("early", created_at=2.0)])
+        rows, horizon = await a.pending_after("siem")
+        assert [r[0] for r in rows] == ["dearly"], "the row of a transaction still running is not visible yet"
+        await transaction.commit()
+        rows, later = await a.pending_after("siem", horizon)
+        assert "late" in [r[0] for r in rows], "read from the horizon, the late commit is found"
+        assert later >= horizon
+        rows, _ = await a.pending_after("siem", later)
+        assert [r[0] for r in rows] == [], "once every transaction before the horizon is done, nothing is read twice"
+    finally:
+        await slow.close()

@@ -914,14 +914,18 @@ CREATE TABLE deliveries (
     dead_at         double precision,
     claimed_by      text,
     claimed_until   double precision,
+    txid            xid8 NOT NULL DEFAULT pg_current_xact_id(),
     CHECK ((claimed_by IS NULL) = (claimed_until IS NULL))
 );
+COMMENT ON COLUMN deliveries.txid IS 'the transaction that stored it or made it pending again: a reader of new work
+asks for rows of transactions still running at its last read, so a late commit is never skipped';
 COMMENT ON COLUMN deliveries.seq IS 'acceptance order within a created_at (SQLite: rowid)';
 COMMENT ON COLUMN deliveries.claimed_by IS 'the replica sending it now (its lease), or NULL';
 COMMENT ON COLUMN deliveries.claimed_until IS 'epoch seconds, database clock: after this another replica may take it';
 CREATE INDEX deliveries_by_state ON deliveries (state, client, next_attempt_at);
 CREATE INDEX deliveries_pending_in_order ON deliveries (client, created_at, seq) WHERE state = 'pending';
 CREATE INDEX deliveries_claimed ON deliveries (claimed_until) WHERE claimed_by IS NOT NULL;
+CREATE INDEX deliveries_pending_by_txid ON deliveries (client, txid) WHERE state = 'pending';
 
 CREATE TABLE sessions (
     client text NOT NULL,

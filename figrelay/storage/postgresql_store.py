@@ -50,6 +50,20 @@ from .base import (
     UnstorableError,
 )
 from .postgresql import Backoff, PostgresTarget, _asyncpg, connect_with_retry, migrate, pool_opener
+from .postgresql_writes import (
+    INSERT,
+    JOURNAL_DELIVERY_COLUMNS,
+    RECORD,
+    WORK_CHANNEL,
+    GroupWriter,
+    insert_columns,
+    insert_parameters,
+    journal_delivery_columns,
+    journal_delivery_rows,
+    record_columns,
+    record_parameters,
+)
+from .postgresql_writes import text as _text
 
 log = logging.getLogger("figrelay.storage.postgresql")
 
@@ -58,7 +72,6 @@ T = TypeVar("T")
 DEFAULT_LEASE = 15.0
 """Seconds a lane or a claim lasts without renewal: how long the work of a replica that died waits
 before another takes it. Renewed every third of it."""
-WORK_CHANNEL = "figrelay_work"
 PRUNE_LOCK_KEY = int.from_bytes(b"figprune", "big")
 """Advisory lock of the journal's pruning: one replica prunes at a time, the others skip the pass."""
 COMMAND_TIMEOUT = 30.0
@@ -80,11 +93,6 @@ def replica_name() -> str:
     """This process's name among the replicas: host, pid and a random tail (pids repeat across
     containers and restarts; a name must never be two live processes at once)."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-def _text(value: str | None) -> str | None:
-    """PostgreSQL's text cannot hold NUL: it becomes U+FFFD, as lone surrogates do at parse time."""
-    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +128,12 @@ class PostgresStore:
         self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
         self._data_errors: tuple[type[BaseException], ...] = ()
         self.connected = asyncio.Event()
+        self._inserts = GroupWriter(
+            lambda items: self._with(lambda conn: conn.execute(INSERT, *insert_parameters(items, self.replica)), one_statement=True)
+        )
+        self._records = GroupWriter(
+            lambda items: self._with(lambda conn: conn.execute(RECORD, *record_parameters(items, self.replica)), one_statement=True)
+        )
         self.on_claim: Callable[[int], None] | None = None
         """Hears how many rows each ``fetch`` claimed (/metrics)."""
 
@@ -158,7 +172,7 @@ class PostgresStore:
             self._health = OutboxHealth(True, time.time())
             return
 
-    async def _with(self, fn: Callable[[Any], Awaitable[T]], *, write: bool = True) -> T:
+    async def _with(self, fn: Callable[[Any], Awaitable[T]], *, write: bool = True, one_statement: bool = False) -> T:
         """Run ``fn(connection)`` in a transaction (``write``) or on a connection, mapping errors:
         a value PostgreSQL refuses is UnstorableError, a failure of the database or the connection
         means it is away; anything else (a completion that raised) goes through as it is."""
@@ -168,7 +182,7 @@ class PostgresStore:
             raise OutboxError(self._health.error or "the database is away")
         try:
             async with self._pool.acquire() as conn:
-                if write:
+                if write and not one_statement:  # one statement is a transaction of its own
                     async with conn.transaction():
                         return await fn(conn)
                 return await fn(conn)
@@ -245,6 +259,11 @@ class PostgresStore:
     # --- the intake -----------------------------------------------------------------------------
 
     async def accept(self, deliveries: Sequence[NewDelivery], sessions: Sequence[SessionWrite] = (), event: journal.JournalEvent | None = None) -> None:
+        if not sessions:  # the intake's usual write: grouped with the others arriving meanwhile
+            if deliveries or (event is not None and self.journal_enabled):
+                await self._inserts.write(self._insert_item(deliveries, event), rows=len(deliveries) + 1)
+            return
+
         async def op(conn: Any) -> None:
             for s in sessions:
                 await self._lock_client(conn, s.client)
@@ -284,46 +303,21 @@ class PostgresStore:
         else:
             await conn.execute("DELETE FROM sessions WHERE client = $1 AND key = $2", s.client, s.key)
 
+    def _insert_item(self, deliveries: Sequence[NewDelivery], event: journal.JournalEvent | None) -> tuple[list[list[Any]], set[str]]:
+        """One event's part of INSERT: its columns, and the clients it has new work for."""
+        columns = insert_columns(deliveries, event if self.journal_enabled else None)
+        return columns, {d.client for d in deliveries if d.dead_reason is None}
+
     async def _insert(self, conn: Any, deliveries: Sequence[NewDelivery], event: journal.JournalEvent | None) -> None:
-        if deliveries:
-            await conn.executemany(
-                "INSERT INTO deliveries (id, client, route, body, hook, created_at, next_attempt_at, state, last_error, dead_at, event_id)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10)",
-                [
-                    (d.id, d.client, d.route, d.body, d.hook, d.created_at)
-                    + (("pending", None, None) if d.dead_reason is None else ("dead", _text(d.dead_reason), d.created_at))
-                    + (d.event_id,)
-                    for d in deliveries
-                ],
-            )
-            await self._notify(conn, {d.client for d in deliveries if d.dead_reason is None})
-        if event is not None and self.journal_enabled:
-            matched = journal.matched_json(event)
-            await conn.execute(
-                "INSERT INTO journal_events (event_id, received_at, route, setting_client, body, test, matched, replica)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-                event.event_id, event.received_at, event.route, _text(event.setting_client), event.body, event.test, matched, self.replica,
-            )
-            await self._journal_deliveries(conn, [
-                journal.JournalDelivery(
-                    d.id, event.event_id, d.client, d.hook, d.route, d.created_at,
-                    "pending" if d.dead_reason is None else "dead", d.dead_reason,
-                    body=None if d.body == event.body and d.route == event.route else d.body,
-                )
-                for d in deliveries
-            ])
+        """Store the deliveries, the journal's entries and the NOTIFY of new work, in one
+        statement, inside the caller's transaction."""
+        await conn.execute(INSERT, *insert_parameters([self._insert_item(deliveries, event)], self.replica))
 
     @staticmethod
     async def _journal_deliveries(conn: Any, rows: Sequence[journal.JournalDelivery]) -> None:
         if rows:
-            await conn.executemany(
-                "INSERT INTO journal_deliveries (delivery_id, event_id, client, hook, route, created_at, state, finished_at, last_reason, replay_of, body)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
-                [
-                    (d.delivery_id, d.event_id, d.client, d.hook, d.route, d.created_at, d.state,
-                     d.created_at if d.state != "pending" else None, _text(d.last_reason), d.replay_of, d.body)
-                    for d in rows
-                ],
+            await conn.execute(
+                f"INSERT INTO journal_deliveries {JOURNAL_DELIVERY_COLUMNS} {journal_delivery_rows(1)} ON CONFLICT DO NOTHING", *journal_delivery_columns(rows)
             )
 
     @staticmethod
@@ -348,14 +342,19 @@ class PostgresStore:
         return [(r[0], r[1], r[2]) for r in await self._with(read, write=False)]
 
     async def pending_after(self, client: str, after: int = 0) -> tuple[list[tuple[str, str, float]], int]:
-        """The client's pending deliveries stored after ``after`` (a position this returned
-        before; 0: all), in acceptance order, and the position to ask from next time."""
+        """The client's pending deliveries stored (or made pending again) by transactions from
+        ``after`` on (a horizon this returned before; 0: all), in acceptance order, and the
+        horizon to ask from next time: the oldest transaction still running when this read, so a
+        row whose transaction commits after a later one's is never skipped."""
         rows = await self._with(lambda conn: conn.fetch(
-            "SELECT id, client, created_at, seq FROM deliveries"
-            " WHERE state = 'pending' AND client = $1 AND seq > $2 ORDER BY created_at, seq",
-            client, after,
+            "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS horizon)"
+            " SELECT h.horizon, d.id, d.client, d.created_at FROM h LEFT JOIN LATERAL ("
+            "  SELECT id, client, created_at, seq FROM deliveries"
+            "  WHERE state = 'pending' AND client = $1 AND txid >= $2::text::xid8 ORDER BY created_at, seq"
+            " ) d ON true",
+            client, str(after),
         ), write=False)
-        return [(r[0], r[1], r[2]) for r in rows], max((r[3] for r in rows), default=after)
+        return [(r[1], r[2], r[3]) for r in rows if r[1] is not None], int(rows[0][0])
 
     async def fetch(self, ids: Sequence[str]) -> dict[str, StoredDelivery]:
         """Claim and return these rows; a row another live replica claimed is left out."""
@@ -387,42 +386,9 @@ class PostgresStore:
         return {r[0]: StoredDelivery(*r) for r in rows}
 
     async def record_outcomes(self, outcomes: OutcomeWrites) -> None:
-        keep = self.journal_enabled
-
-        async def op(conn: Any) -> None:
-            mine = "(claimed_by IS NULL OR claimed_by = $%d)"
-            if keep and outcomes.attempts:
-                await conn.executemany(
-                    "INSERT INTO journal_attempts (delivery_id, attempt, started_at, duration, outcome, status, reason, replica)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (delivery_id, attempt) DO UPDATE SET"
-                    " started_at = excluded.started_at, duration = excluded.duration, outcome = excluded.outcome,"
-                    " status = excluded.status, reason = excluded.reason, replica = excluded.replica",
-                    [(a.delivery_id, a.attempt, a.started_at, a.duration, a.outcome, a.status, _text(a.reason), self.replica) for a in outcomes.attempts],
-                )
-                await conn.executemany(
-                    "UPDATE journal_deliveries SET attempts = greatest(attempts, $1), last_reason = $2 WHERE delivery_id = $3",
-                    [(a.attempt, _text(a.reason), a.delivery_id) for a in outcomes.attempts],
-                )
-            if outcomes.delivered:
-                await conn.execute("DELETE FROM deliveries WHERE id = ANY($1::text[])", list(outcomes.delivered))
-            dead = []  # the dead letters this replica may still write: the journal says dead of those only
-            for i, attempts, error in outcomes.dead:
-                if await conn.fetchval(
-                    "UPDATE deliveries SET state = 'dead', attempts = coalesce($1, attempts), last_error = $2, dead_at = $3,"
-                    f" claimed_by = NULL, claimed_until = NULL WHERE id = $4 AND {mine % 5} RETURNING id",
-                    attempts, _text(error), outcomes.now, i, self.replica,
-                ) is not None:
-                    dead.append((i, error))
-            if keep:
-                await _journal_finished(conn, journal.Finished(outcomes.now, outcomes.delivered, dead))
-            if outcomes.retry:
-                await conn.executemany(
-                    "UPDATE deliveries SET attempts = $1, next_attempt_at = $2, last_error = $3, claimed_by = NULL, claimed_until = NULL"
-                    f" WHERE id = $4 AND state = 'pending' AND {mine % 5}",
-                    [(attempts, at, _text(error), i, self.replica) for i, attempts, at, error in outcomes.retry],
-                )
-
-        await self._with(op)
+        """Grouped with the other outcomes arriving meanwhile, as one statement (postgresql_writes.RECORD)."""
+        columns = record_columns(outcomes, self.journal_enabled)
+        await self._records.write(columns, rows=len(outcomes.delivered) + len(outcomes.dead) + len(outcomes.retry))
 
     async def set_client_health(self, health: ClientHealth) -> None:
         await self._with(lambda conn: conn.execute(
@@ -480,7 +446,8 @@ class PostgresStore:
         async def op(conn: Any) -> list[tuple[str, str]]:
             now = time.time()
             rows = await conn.fetch(
-                f"UPDATE deliveries SET state = 'pending', next_attempt_at = ${len(params) + 1}, dead_at = NULL WHERE {where} RETURNING id, client",
+                f"UPDATE deliveries SET state = 'pending', next_attempt_at = ${len(params) + 1}, dead_at = NULL, txid = pg_current_xact_id()"
+                f" WHERE {where} RETURNING id, client",
                 *params, now,
             )
             if self.journal_enabled:

@@ -56,6 +56,8 @@ class LaneKeeper:
         self._seen: dict[str, int] = {}
         """client -> the store's transaction horizon up to which its pending rows were scheduled."""
         self._unheld_since: dict[str, float] = {}
+        self._others: dict[str, float] = {}
+        """client -> until when (own clock) another replica is known to hold its lane."""
         self._notified: set[str] = set()
         self._wake = asyncio.Event()
         self.replicas = 1
@@ -90,6 +92,8 @@ class LaneKeeper:
             now = self._clock()
             try:
                 if now >= next_round or "" in self._notified:
+                    if "" in self._notified:  # a replica left: what it held is free now
+                        self._others.clear()
                     self._notified.discard("")
                     next_round = now + every
                     await self._round()
@@ -174,6 +178,7 @@ class LaneKeeper:
         wanted = [(c, owner, live) for c, owner, live in await self._store.lanes_wanted() if c in configured]
         now = self._clock()
         free = [c for c, _, live in wanted if not live and c not in self._held]
+        self._others = {c: now + self._store.lease * SAFETY for c, owner, live in wanted if live and owner != self._store.replica}
         for c, _, live in wanted:
             if live:
                 self._unheld_since.pop(c, None)
@@ -188,7 +193,8 @@ class LaneKeeper:
 
     async def _notified_work(self, clients: set[str]) -> None:
         configured = set(self._clients())
-        unheld = [c for c in clients if c and c not in self._held and c in configured]
+        now = self._clock()
+        unheld = [c for c in clients if c and c not in self._held and c in configured and self._others.get(c, 0.0) <= now]
         if unheld:
             # every replica hears the same notifications and shares them out the same way: the
             # clients in a fixed order, dealt round robin to the live replicas in name order. Each
@@ -205,8 +211,12 @@ class LaneKeeper:
                 if second:
                     await asyncio.sleep(BATCH_WAIT * 2)
                 started = self._clock()
-                for grant in await self._store.acquire_lanes(batch):
-                    self._gain(grant.client, started)
+                granted = {grant.client for grant in await self._store.acquire_lanes(batch)}
+                for client in batch:
+                    if client in granted:
+                        self._gain(client, started)
+                    else:  # another replica holds it: no need to ask again until its lease could lapse
+                        self._others[client] = started + self._store.lease * SAFETY
         for client in clients:
             if client in self._held:
                 await self._schedule(client, full=False)

@@ -907,3 +907,17 @@ async def test_a_late_commit_is_never_skipped_by_the_reader_of_new_work(replicas
         assert [r[0] for r in rows] == [], "once every transaction before the horizon is done, nothing is read twice"
     finally:
         await slow.close()
+
+
+async def test_many_writes_at_once_are_grouped_and_each_answered(opened_store: Backend) -> None:
+    """A burst of accepts, fetches and outcomes at once: each call returns what it alone would,
+    whichever statement carried it (the PostgreSQL store groups them as SQLite's group commit does)."""
+    store = opened_store.store
+    batch = [new(i, client=f"c{i % 3}", created_at=1000.0 + i) for i in range(60)]
+    await asyncio.gather(*(store.accept([d]) for d in batch))
+    fetched = await asyncio.gather(*(store.fetch([d.id]) for d in batch))
+    assert [list(f) for f in fetched] == [[d.id] for d in batch]
+    await asyncio.gather(*(store.record_outcomes(OutcomeWrites(2000.0, delivered=[d.id])) for d in batch[:30]))
+    await asyncio.gather(*(store.record_outcomes(OutcomeWrites(2000.0, retry=[(d.id, 1, 3000.0, "HTTP 503")])) for d in batch[30:]))
+    left = await store.list()
+    assert [r.id for r in left] == [d.id for d in batch[30:]] and all(r.attempts == 1 for r in left)

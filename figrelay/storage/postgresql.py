@@ -900,7 +900,7 @@ CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
 
 CREATE TABLE deliveries (
     id              text COLLATE "C" PRIMARY KEY,
-    seq             bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    seq             bigint GENERATED ALWAYS AS IDENTITY,
     client          text NOT NULL,
     route           text NOT NULL,
     body            bytea NOT NULL,
@@ -922,9 +922,11 @@ asks for rows of transactions still running at its last read, so a late commit i
 COMMENT ON COLUMN deliveries.seq IS 'acceptance order within a created_at (SQLite: rowid)';
 COMMENT ON COLUMN deliveries.claimed_by IS 'the replica sending it now (its lease), or NULL';
 COMMENT ON COLUMN deliveries.claimed_until IS 'epoch seconds, database clock: after this another replica may take it';
-CREATE INDEX deliveries_by_state ON deliveries (state, client, next_attempt_at);
+-- Few indexes, none on the columns a send changes (claimed_by, claimed_until, attempts,
+-- next_attempt_at, last_error), and room left on each page: a claim or a retry is then a
+-- heap-only update that touches no index. The table holds only pending work and dead letters.
+ALTER TABLE deliveries SET (fillfactor = 70);
 CREATE INDEX deliveries_pending_in_order ON deliveries (client, created_at, seq) WHERE state = 'pending';
-CREATE INDEX deliveries_claimed ON deliveries (claimed_until) WHERE claimed_by IS NOT NULL;
 CREATE INDEX deliveries_pending_by_txid ON deliveries (client, txid) WHERE state = 'pending';
 
 CREATE TABLE sessions (

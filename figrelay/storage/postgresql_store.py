@@ -128,12 +128,9 @@ class PostgresStore:
         self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
         self._data_errors: tuple[type[BaseException], ...] = ()
         self.connected = asyncio.Event()
-        self._inserts = GroupWriter(
-            lambda items: self._with(lambda conn: conn.execute(INSERT, *insert_parameters(items, self.replica)), one_statement=True)
-        )
-        self._records = GroupWriter(
-            lambda items: self._with(lambda conn: conn.execute(RECORD, *record_parameters(items, self.replica)), one_statement=True)
-        )
+        self._inserts = GroupWriter(self._insert_group)
+        self._claims = GroupWriter(self._claim)
+        self._records = GroupWriter(self._record_group)
         self.on_claim: Callable[[int], None] | None = None
         """Hears how many rows each ``fetch`` claimed (/metrics)."""
 
@@ -308,6 +305,12 @@ class PostgresStore:
         columns = insert_columns(deliveries, event if self.journal_enabled else None)
         return columns, {d.client for d in deliveries if d.dead_reason is None}
 
+    async def _insert_group(self, items: Sequence[tuple[list[list[Any]], set[str]]]) -> None:
+        await self._with(lambda conn: conn.execute(INSERT, *insert_parameters(items, self.replica)), one_statement=True)
+
+    async def _record_group(self, items: Sequence[list[list[Any]]]) -> None:
+        await self._with(lambda conn: conn.execute(RECORD, *record_parameters(items, self.replica)), one_statement=True)
+
     async def _insert(self, conn: Any, deliveries: Sequence[NewDelivery], event: journal.JournalEvent | None) -> None:
         """Store the deliveries, the journal's entries and the NOTIFY of new work, in one
         statement, inside the caller's transaction."""
@@ -357,33 +360,37 @@ class PostgresStore:
         return [(r[1], r[2], r[3]) for r in rows if r[1] is not None], int(rows[0][0])
 
     async def fetch(self, ids: Sequence[str]) -> dict[str, StoredDelivery]:
-        """Claim and return these rows; a row another live replica claimed is left out."""
-
-        async def claim(conn: Any) -> list[Any]:
-            return await conn.fetch(
-                f"UPDATE deliveries SET claimed_by = $2, claimed_until = {_DB_NOW} + $3 WHERE id IN ("
-                " SELECT id FROM deliveries WHERE id = ANY($1::text[]) AND state = 'pending'"
-                f" AND (claimed_by IS NULL OR claimed_by = $2 OR claimed_until < {_DB_NOW}) FOR UPDATE SKIP LOCKED"
-                f") RETURNING {_COLUMNS}",
-                list(ids), self.replica, self.lease,
-            )
+        """Claim and return these rows (claims of every lane arriving meanwhile go as one
+        statement); a pending row another live replica holds is left out, finished ones (dead
+        letters) are returned as they are, for what they say."""
 
         async def read(conn: Any) -> list[Any]:
             return await conn.fetch(f"SELECT {_COLUMNS} FROM deliveries WHERE id = ANY($1::text[])", list(ids))
 
         if not ids:
             return {}
-        if self.command:
+        if self.command:  # an operator command looks, and claims nothing
             return {r[0]: StoredDelivery(*r) for r in await self._with(read, write=False)}
-        rows = list(await self._with(claim))
+        rows: list[Any] = await self._claims.write(list(ids), rows=len(ids))
         claimed = {r[0] for r in rows}
         if len(claimed) < len(ids):
-            # the rows not claimed: finished ones (dead letters) are returned as they are, for
-            # what they say; pending ones another replica holds are left out
-            rows += [r for r in await self._with(read, write=False) if r[0] not in claimed and r[8] != "pending"]
+            rows = rows + [r for r in await self._with(read, write=False) if r[0] not in claimed and r[8] != "pending"]
         if self.on_claim is not None and claimed:
             self.on_claim(len(claimed))
         return {r[0]: StoredDelivery(*r) for r in rows}
+
+    async def _claim(self, batches: Sequence[list[str]]) -> list[list[Any]]:
+        """One statement claiming every batch's rows (``FOR UPDATE SKIP LOCKED``: rows another
+        transaction is claiming now are skipped, not waited for); each batch gets its own."""
+        rows = await self._with(lambda conn: conn.fetch(
+            f"UPDATE deliveries SET claimed_by = $2, claimed_until = {_DB_NOW} + $3 WHERE id IN ("
+            " SELECT id FROM deliveries WHERE id = ANY($1::text[]) AND state = 'pending'"
+            f" AND (claimed_by IS NULL OR claimed_by = $2 OR claimed_until < {_DB_NOW}) FOR UPDATE SKIP LOCKED"
+            f") RETURNING {_COLUMNS}",
+            [i for batch in batches for i in batch], self.replica, self.lease,
+        ), one_statement=True)
+        by_id = {r[0]: r for r in rows}
+        return [[by_id[i] for i in batch if i in by_id] for batch in batches]
 
     async def record_outcomes(self, outcomes: OutcomeWrites) -> None:
         """Grouped with the other outcomes arriving meanwhile, as one statement (postgresql_writes.RECORD)."""

@@ -172,26 +172,27 @@ def _concatenated(batch: Sequence[list[list[Any]]]) -> list[list[Any]]:
 class _Write:
     item: Any
     rows: int
-    done: asyncio.Future[None]
+    done: asyncio.Future[Any]
 
 
 class GroupWriter:
     """Sends queued writes of one kind as few statements: ``run(items)`` executes one statement
-    for a batch of items (and raises UnstorableError or OutboxError as the store does)."""
+    for a batch of items (and raises UnstorableError or OutboxError as the store does) and returns
+    one result per item (or None for none)."""
 
-    def __init__(self, run: Callable[[Sequence[Any]], Awaitable[None]], *, in_flight: int = 2) -> None:
+    def __init__(self, run: Callable[[Sequence[Any]], Awaitable[Sequence[Any] | None]], *, in_flight: int = 2) -> None:
         self._run = run
         self._queue: list[_Write] = []
         self._in_flight = in_flight
         self._running = 0
         self.statements = 0
 
-    async def write(self, item: Any, rows: int = 1) -> None:
-        """Queue ``item`` and return once the statement that carried it committed."""
+    async def write(self, item: Any, rows: int = 1) -> Any:
+        """Queue ``item`` and return its result once the statement that carried it committed."""
         done = asyncio.get_running_loop().create_future()
         self._queue.append(_Write(item, max(1, rows), done))
         self._start()
-        await done
+        return await done
 
     def _start(self) -> None:
         while self._queue and self._running < self._in_flight:
@@ -207,6 +208,11 @@ class GroupWriter:
     async def _flush(self, batch: list[_Write]) -> None:
         try:
             await self._send(batch)
+        except BaseException as exc:  # a bug here must fail the writes, never leave them waiting
+            for write in batch:
+                _settle(write, exc)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._running -= 1
             self._start()
@@ -217,7 +223,7 @@ class GroupWriter:
             return
         try:
             self.statements += 1
-            await self._run([w.item for w in live])
+            results = await self._run([w.item for w in live])
         except UnstorableError as exc:
             if len(live) == 1:
                 _settle(live[0], exc)
@@ -231,14 +237,14 @@ class GroupWriter:
             if not isinstance(exc, Exception):
                 raise
             return
-        for write in live:
-            _settle(write, None)
+        for i, write in enumerate(live):
+            _settle(write, None, results[i] if results is not None else None)
 
 
-def _settle(write: _Write, error: BaseException | None) -> None:
+def _settle(write: _Write, error: BaseException | None, result: Any = None) -> None:
     if write.done.done():
         return
     if error is None:
-        write.done.set_result(None)
+        write.done.set_result(result)
     else:
         write.done.set_exception(error)

@@ -13,7 +13,10 @@ replica, every third of the lease:
    whatever a missed notification left behind.
 
 Between rounds, ``NOTIFY figrelay_work`` from any replica's intake wakes it: rows for a lane it
-holds are scheduled at once, a client without an owner is taken at once.
+holds are scheduled at once, and the clients without an owner are dealt out at once, the same
+way by every replica (round robin over the live replicas in name order), so they spread evenly.
+A lane that has had no work for a whole lease is handed back while other replicas live, so the
+lanes spread out again after a replica restarts.
 
 The keeper believes it holds a lane only until ``renewed + lease * SAFETY`` on its own monotonic
 clock, measured from before the renewal was sent, so it stops sending before the database lets

@@ -50,12 +50,14 @@ from .delivery import Delivered, Delivery, Failed, Outcome, Retry, Target
 from .events import EventError, FigEvent, parse_event_body
 from .logs import redactor
 from .messages import describe, digest
-from .storage import ClientHealth, OutcomeWrites, Store, StoredDelivery
+from .storage import ClientHealth, NewDelivery, OutcomeWrites, Store, StoredDelivery
 from .templates import MessageTemplates
 from .wording import plural
 
 log = logging.getLogger("figrelay.dispatch")
 
+PRELOAD_MAX = 10_000
+"""Rows handed over by the intake kept in memory at most; beyond, they are read back when due."""
 MAX_FETCH = 500
 """Rows read from the outbox at once for one lane."""
 
@@ -173,15 +175,18 @@ class Dispatcher:
         self._clock = clock
         self._store_retry = store_retry
         self._unrecorded: list[_Unrecorded] = []
+        self._loaded: dict[str, tuple[StoredDelivery, FigEvent]] = {}
+        """Rows the intake handed over as it stored them, until their lane reads them."""
         self._store_error: str | None = None
         self._recovery: asyncio.Task[None] | None = None
 
     # --- feeding --------------------------------------------------------------------------------
 
-    def schedule(self, items: Iterable[tuple[str, str, float]]) -> None:
+    def schedule(self, items: Iterable[tuple[str, str, float]], loaded: Mapping[str, tuple[NewDelivery, FigEvent]] | None = None) -> None:
         """Queue (id, client, created_at) for delivery, in the order given for equal times; ids
         already in the lane, clients not configured now (their rows wait), and clients whose lane
-        another replica holds, are ignored."""
+        another replica holds, are ignored. ``loaded``: the intake's own just-stored rows and
+        their events, kept (up to PRELOAD_MAX) so that sending them needs no read and no parse."""
         clients = self._routing.clients
         for delivery_id, client, created_at in items:
             if client not in clients or not self._owns(client):
@@ -189,6 +194,10 @@ class Dispatcher:
             lane = self._lane(client)
             if delivery_id in lane.known:
                 continue
+            if loaded is not None and delivery_id in loaded and len(self._loaded) < PRELOAD_MAX:
+                new, event = loaded[delivery_id]
+                row = StoredDelivery(new.id, new.client, new.route, new.body, new.hook, new.created_at, 0, new.created_at, "pending", None, None, new.event_id)
+                self._loaded[delivery_id] = (row, event)
             key = (created_at, next(self._seq))
             lane.known[delivery_id] = key
             lane.last_active = self._clock()
@@ -202,6 +211,7 @@ class Dispatcher:
         for client in list(self._lanes):
             if client not in routing.clients:
                 lane = self._lanes.pop(client)
+                self._forget_loaded(lane)
                 if lane.task is not None:
                     lane.task.cancel()
             else:
@@ -238,8 +248,14 @@ class Dispatcher:
         """Another replica may hold ``client``'s lane now: stop sending to it and forget its rows
         (they stay pending in the store, for the lane's owner); sends in flight finish."""
         lane = self._lanes.pop(client, None)
-        if lane is not None and lane.task is not None:
-            lane.task.cancel()
+        if lane is not None:
+            self._forget_loaded(lane)
+            if lane.task is not None:
+                lane.task.cancel()
+
+    def _forget_loaded(self, lane: _Lane) -> None:
+        for delivery_id in lane.known:
+            self._loaded.pop(delivery_id, None)
 
     def restore_health(self, health: Mapping[str, ClientHealth]) -> None:
         """Take back the circuits remembered before a restart: an open one probes first."""
@@ -367,6 +383,7 @@ class Dispatcher:
                 return
             for delivery_id in expired:
                 lane.known.pop(delivery_id, None)
+                self._loaded.pop(delivery_id, None)
                 self._observer.expired(lane.client)
             log.warning("%s to %s expired while it was failing, kept as dead letters: %s", plural(len(expired), "delivery", "deliveries"), lane.client, reason)
 
@@ -378,8 +395,15 @@ class Dispatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _fetch(self, lane: _Lane, ids: list[str]) -> None:
+        rows: dict[str, StoredDelivery] = {}
+        events: dict[str, FigEvent] = {}
+        for delivery_id in ids:
+            held = self._loaded.pop(delivery_id, None)
+            if held is not None:
+                rows[delivery_id], events[delivery_id] = held
         try:
-            rows = await self._outbox.fetch(ids)
+            if len(rows) < len(ids):
+                rows.update(await self._outbox.fetch([i for i in ids if i not in rows]))
         except Exception as exc:
             log.error("cannot read deliveries of %s from the outbox: %s; trying again in 5s", lane.client, exc)
             self._requeue(lane, ids)
@@ -389,14 +413,14 @@ class Dispatcher:
             lane.fetching -= 1
             lane.wake.set()
         try:
-            self._group(lane, ids, rows)
+            self._group(lane, ids, rows, events)
         except Exception as exc:  # e.g. out of file descriptors: the rows wait, the lane lives on
             log.error("cannot prepare deliveries of %s: %s: %s; trying again in 5s", lane.client, type(exc).__name__, exc)
             grouped = {row.id for group in lane.groups.values() for row, _ in group.rows}
             self._requeue(lane, [i for i in ids if i not in grouped and i in lane.known])
             lane.paused_until = max(lane.paused_until, self._clock() + 5)
 
-    def _group(self, lane: _Lane, ids: list[str], rows: Mapping[str, StoredDelivery]) -> None:
+    def _group(self, lane: _Lane, ids: list[str], rows: Mapping[str, StoredDelivery], events: Mapping[str, FigEvent]) -> None:
         route = self._routing.clients.get(lane.client)
         coalesce = route.coalesce if route else 0.0
         now = self._clock()
@@ -405,7 +429,7 @@ class Dispatcher:
             if row is None or row.state != "pending":
                 lane.known.pop(delivery_id, None)
                 continue
-            event = _parse(row)
+            event = events.get(delivery_id) or _parse(row)
             if coalesce and event is not None:
                 key: GroupKey = ("hook", row.hook, row.route if row.hook is None else None, event.setting_client)
             else:

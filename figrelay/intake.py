@@ -10,8 +10,9 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from . import journal
 from .config import HookConfig
@@ -36,6 +37,13 @@ class Accepted:
     """The event's id in the journal, carried by every delivery it made."""
 
 
+class Announce(Protocol):
+    """Where stored deliveries go: ``(id, client, created_at)`` of each, and, for those it has them,
+    the stored row and the event it carries (a receiver may use them rather than read them back)."""
+
+    def __call__(self, rows: Sequence[tuple[str, str, float]], loaded: Mapping[str, tuple[NewDelivery, FigEvent]] = ..., /) -> None: ...
+
+
 def new_event_id() -> str:
     """32 hex digits that sort by time (milliseconds, then 80 random bits, like a ULID), so the
     journal's newest events sit together and pruning the oldest frees whole pages."""
@@ -49,7 +57,7 @@ def new_delivery_id() -> str:
 class Intake:
     def __init__(
         self, holder: ConfigHolder, outbox: Store, dispatcher: Dispatcher, metrics: Metrics | None = None,
-        announce: Callable[[Iterable[tuple[str, str, float]]], None] | None = None,
+        announce: Announce | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
         self.announce = announce or dispatcher.schedule
@@ -86,6 +94,9 @@ class Intake:
 
         bodies: dict[int, bytes] = {}
         new: list[NewDelivery] = []
+        made: dict[str, FigEvent] = {}
+        """delivery id -> the event it carries (narrowed, or raised): handed to the dispatcher with
+        the id, so that it need not read the row back and parse it again to send it"""
         for match in live.rules.match(event):
             body = bodies.get(id(match.event))
             if body is None:
@@ -94,14 +105,15 @@ class Intake:
                 new.append(self._dead_letter(match.hook, match.timed_out, event, event.route, body, now))
                 continue
             new.append(NewDelivery(new_delivery_id(), match.hook.client, event.route, body, match.hook.index, now))
+            made[new[-1].id] = match.event
 
         if isinstance(event, ClientStatusChanged) and not event.test:
             # the count, and the crossings it raises, are decided inside the store's transaction,
             # against the sessions every replica committed (not this process's memory)
             def complete(change: SessionChange | None) -> tuple[list[NewDelivery], journal.JournalEvent | None]:
-                made = new + (self._crossings(live, change, event, now) if change is not None else [])
-                made = [replace(d, event_id=event_id) for d in made]
-                return made, (self._journal_event(event_id, event, received, now, made) if self._outbox.journal_enabled else None)
+                rows = new + (self._crossings(live, change, event, now, made) if change is not None else [])
+                rows = [replace(d, event_id=event_id) for d in rows]
+                return rows, (self._journal_event(event_id, event, received, now, rows) if self._outbox.journal_enabled else None)
 
             _, stored = await self._outbox.accept_counted(session_write(event), complete)
             new = list(stored)
@@ -110,7 +122,7 @@ class Intake:
             journal_event = self._journal_event(event_id, event, received, now, new) if self._outbox.journal_enabled else None
             if new or journal_event is not None:
                 await self._outbox.accept(new, (), journal_event)
-        self.announce([(d.id, d.client, now) for d in new if d.dead_reason is None])
+        self.announce([(d.id, d.client, now) for d in new if d.dead_reason is None], {d.id: (d, made[d.id]) for d in new if d.id in made})
         for d in new:
             if d.dead_reason is None:
                 self._metrics.matches.labels(d.client, d.route).inc()
@@ -126,7 +138,7 @@ class Intake:
             log.info("accepted %s for %s: no hook matched", event.route, subject, extra=fields)
         return Accepted(event, tuple(new), event_id=event_id)
 
-    def _crossings(self, live: LiveConfig, change: SessionChange, event: ClientStatusChanged, now: float) -> list[NewDelivery]:
+    def _crossings(self, live: LiveConfig, change: SessionChange, event: ClientStatusChanged, now: float, made: dict[str, FigEvent]) -> list[NewDelivery]:
         """The MinRunSessions deliveries one counted change raises. A hook whose regex ran out of
         time is treated as matching: if it would cross, the raised event is kept as a dead letter;
         if not, nothing would have been sent anyway (logged, counted)."""
@@ -138,6 +150,7 @@ class Intake:
                 new.append(self._dead_letter(hook, unknown.pop(hook.index)[1], event, raised.route, raised.to_json(), now))
                 continue
             new.append(NewDelivery(new_delivery_id(), hook.client, raised.route, raised.to_json(), hook.index, now))
+            made[new[-1].id] = raised
             log.info(
                 "%s: %s (%d run sessions, hook %d minimum %s)",
                 change.client, raised.run_sessions_event.name, raised.run_sessions, hook.index, hook.min_sessions,

@@ -78,9 +78,10 @@ class LaneKeeper:
         self._notified.add(client)
         self._wake.set()
 
-    def announce(self, rows: Iterable[tuple[str, str, float]]) -> None:
+    def announce(self, rows: Iterable[tuple[str, str, float]], loaded: object = None) -> None:
         """This replica's intake stored these rows: read them back from the store (with the rows
-        other replicas committed before them, in the store's order), as for a NOTIFY."""
+        other replicas committed before them, in the store's order), as for a NOTIFY; ``loaded``
+        is not used (the row is read back to be claimed anyway)."""
         for client in {client for _, client, _ in rows}:
             self.on_work(client)
 

@@ -510,3 +510,31 @@ async def test_a_burst_larger_than_max_batch_goes_as_several_paced_digests(outbo
     assert [x.id for _, d in target.sent[1:] for x in d.deliveries] == ids, "every event, in order, none left out"
     assert all(b[0] - a[0] >= 0.045 for a, b in zip(target.sent, target.sent[1:], strict=False)), "paced like any send"
     await run(dispatcher)
+
+
+async def test_rows_handed_over_by_the_intake_are_sent_without_reading_them_back(outbox):
+    """The intake hands over the rows it just stored, with their events: they go without a read
+    and a parse; a row the dispatcher was not handed (a restart, a revived dead letter) is read."""
+    target = Recorder()
+    dispatcher = Dispatcher(outbox, Routing(SETTINGS, {"chat": ClientRoute(target, max_in_flight=1)}, {0: hook(0)}))
+    reads: list[list[str]] = []
+    real_fetch = outbox.fetch
+
+    async def counting_fetch(ids):
+        reads.append(list(ids))
+        return await real_fetch(ids)
+
+    outbox.fetch = counting_fetch
+    event = sample_events("SettingValueChanged")[0]
+    now = time.time()
+    handed = NewDelivery("handed", "chat", "SettingValueChanged", event.to_json(), 0, now)
+    other = NewDelivery("not-handed", "chat", "SettingValueChanged", event.to_json(), 0, now + 1)
+    await outbox.accept([handed, other])
+    dispatcher.schedule([(handed.id, "chat", now), (other.id, "chat", now + 1)], {handed.id: (handed, event)})
+    await wait_until(lambda: len(target.sent) == 2)
+    assert [d.id for _, d in target.sent] == ["handed", "not-handed"]
+    assert target.sent[0][1].event is event and target.sent[0][1].body == handed.body
+    assert reads == [["not-handed"]]
+    await wait_until(lambda: not dispatcher.pending().get("chat"))
+    assert await outbox.list() == [], "both recorded delivered"
+    await run(dispatcher)

@@ -669,11 +669,18 @@ def pool_opener(*, min_size: int = 1, max_size: int = 10) -> Callable[[PostgresT
     """A ``connect`` for ``connect_with_retry`` that opens a pool; a failed start closes what it opened."""
 
     async def open_pool(target: PostgresTarget) -> asyncpg.Pool:
-        pool = await _asyncpg().create_pool(min_size=min_size, max_size=max_size, **target.driver_arguments())
+        # reset=: asyncpg's default runs a query on every release to undo session state (SET,
+        # LISTEN, session advisory locks, cursors); figrelay's pooled connections leave none, and
+        # that query cost a round trip per statement
+        pool = await _asyncpg().create_pool(min_size=min_size, max_size=max_size, reset=_keep_session, **target.driver_arguments())
         assert pool is not None
         return pool
 
     return open_pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pooled connection goes back as it is (see ``pool_opener``)."""
 
 
 @overload

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -51,7 +50,10 @@ def new_event_id() -> str:
 
 
 def new_delivery_id() -> str:
-    return uuid.uuid4().hex
+    """Time-ordered like an event id: the outbox's and the journal's indexes keyed by delivery id
+    then grow at their end, instead of at a random page each (which, once the journal outgrows
+    the page cache, costs a read per insert and slows the relay down as it runs)."""
+    return new_event_id()
 
 
 class Intake:

@@ -117,6 +117,10 @@ CREATE TABLE IF NOT EXISTS client_health (
 
 T = TypeVar("T")
 
+CACHE_KIB = 16 * 1024
+"""SQLite's page cache for the outbox's connection (its default is 2 MiB): the indexes the intake
+and the dispatcher write stay in memory as the journal grows."""
+
 
 _COLUMNS = "id, client, route, body, hook, created_at, attempts, next_attempt_at, state, last_error, dead_at, event_id"
 
@@ -233,6 +237,7 @@ class Outbox:
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         except BaseException:
             conn.close()
             raise

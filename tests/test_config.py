@@ -7,9 +7,13 @@ import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import regex
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from figrelay.config import Config, ConfigError, HookConfig, Listener, Problem, load_config, parse_config
@@ -1001,3 +1005,84 @@ def test_every_duration_unit_is_accepted_and_documented() -> None:
         described = text[start : text.index("\n\n", start)]
         for unit in UNITS:  # an example of each: "250ms" shows ms (and not m or s), "1h30m" shows h and m
             assert re.search(rf"\d{unit}(?![a-z])", described), f"{doc.name} does not show the duration unit {unit!r}: {described!r}"
+
+
+# --- large files: each regex compiled once, YAML read by libyaml as PyYAML reads it ------------------
+
+
+def test_identical_hook_regexes_are_compiled_once(cfg: Loader) -> None:
+    hooks = "".join("  - {event: SettingValueChanged, client: console, client_regex: '^(Orders|Payments)Api$', setting_regex: Timeout}\n" for _ in range(3))
+    first, second, third = cfg.load(BASE + hooks).hooks[1:]
+    assert first.client_regex is second.client_regex is third.client_regex
+    assert first.setting_regex is second.setting_regex is third.setting_regex
+    # a regex some loaded configuration holds is not compiled again by the next load (a reload)
+    again = cfg.load(BASE + hooks).hooks[1]
+    assert again.client_regex is first.client_regex
+
+
+def test_an_invalid_regex_repeated_is_reported_for_each_hook(cfg: Loader) -> None:
+    err = cfg.error(BASE + "  - {event: ClientStatusChanged, client: console, client_regex: '(Orders'}\n" * 2)
+    assert [(p.line, p.key) for p in err.problems] == [(7, "hooks[1].client_regex"), (8, "hooks[2].client_regex")]
+    assert all("invalid regular expression '(Orders'" in p.message for p in err.problems)
+
+
+def read_both(text: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """What _read_yaml gives (value, lines, problems, file values, unresolved) with libyaml's events,
+    and with PyYAML alone."""
+    from figrelay import config as config_module
+
+    def read() -> Any:
+        out = config_module._Collector("f.yaml")
+        try:
+            value: Any = ("value", config_module._read_yaml(text, "f.yaml", Path("/nonexistent"), out))
+        except Exception as exc:
+            value = ("raised", type(exc).__name__)
+        return value, out.lines, [str(p) for p in out.problems], sorted(out.file_values), [(p, str(q)) for p, q in out.unresolved]
+
+    assert config_module._FAST_LOADER is not None, "PyYAML is built with libyaml here"
+    fast = read()
+    with monkeypatch.context() as m:
+        m.setattr(config_module, "_FAST_LOADER", None)
+        return fast, read()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        BASE, "", "---\n", "~\n", "# nothing\n", "a: 1\n---\nb: 2\n", "a:\n\tb: 1\n", "a: 1\t# tab\n", "a: *x\n", "a: &x 1\nb: *x\n",
+        "a: &x {c: 1}\nb: *x\n", "a: 1\na: 2\n", "a: ${FR_TEST_UNSET}\na: ${FR_TEST_UNSET}\n", "? [a]\n: 1\nb: 2\n", "[a, b]: c\n",
+        "a: ${FR_TEST_UNSET}\nb: $$\nc: ${FR_TEST_UNSET:-d}\nd: ${nope x}\n", "1: a\nnull: b\ntrue: c\n",
+        "a: !!str 1\nb: ! 2\nc: '3'\nd: 2024-01-01\ne: .inf\nf: 0x1F\ng: yes\n", "a: 2024-13-45\n", "a: !custom x\n", "<<: {a: 1}\n",
+        "a: [1,\n", "a: 'x\n", "a: \x07\n", "a: \ud800\n", "a: >#\n  x\n", "hooks:\n  - event: X\n    client_regex: *Api\n",
+        "a:\n  - x: 1\n    x: 2\n  - y\n", "- a\n- b: c\n  d: [e]\n", "a: {b: 1, b: 2}\n", "a: |\n  two\n  lines\nb: >-\n  folded\n  text\n",
+        "clients:\n  - name: a\n    type: log\n  - [x]\nhooks: {}\n", "'quoted key': \"dq\\tvalue\"\n", "a: \u00e9t\u00e9\n",
+    ],
+)
+def test_libyaml_events_read_a_file_as_pyyaml_does(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FR_TEST_UNSET", raising=False)
+    fast, pure = read_both(text, monkeypatch)
+    assert fast == pure
+
+
+scalars = st.one_of(
+    st.sampled_from(["x", "a b", "1", "2.5", "true", "null", "~", "${FR_TEST_UNSET}", "$$", "multi\nline", "q'uote", 'd"q', "#hash", "- dash",
+                     ": colon", "", " lead", "trail ", "été", "*star", "&amp", "!bang", "%pct", "@at", "|pipe", ">gt", "[br]", "{cu}", "^Orders?$"]),
+    st.integers(-5, 5), st.booleans(), st.none(),
+)
+documents = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(["a", "b", "key x", "1", "null", "hooks"]), inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(documents, st.sampled_from([None, True, False]), st.sampled_from([None, "'", '"', "|", ">"]), st.integers(0, 3), st.sampled_from(["", ":", "-", " ", "\n", "?", "#", "'", "[", "&a ", "*a "]))
+def test_every_file_pyyaml_reads_is_read_the_same_from_libyaml_events(data: Any, flow: bool | None, style: str | None, cut: int, insert: str) -> None:
+    text = yaml.safe_dump(data, default_flow_style=flow, default_style=style, allow_unicode=True, width=30)
+    if cut:  # and damaged: cut short, or a character put in
+        at = len(text) * cut // 4
+        text = text[:at] if insert == "" else text[:at] + insert + text[at:]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.delenv("FR_TEST_UNSET", raising=False)
+        fast, pure = read_both(text, monkeypatch)
+    if not any("not valid YAML" in p for p in pure[2]):
+        # libyaml takes some text PyYAML refuses (e.g. '?' inside a plain value in flow style);
+        # whatever PyYAML reads, the events give exactly
+        assert fast == pure, text

@@ -294,3 +294,64 @@ async def test_wait_for_quiet_reads_off_the_event_loop(tmp_path: Path) -> None:
 
     assert await wait_for_quiet(read, 0.0) == file_state(path)
     assert threads == [True]
+
+
+# --- a large file is read and indexed off the event loop ---------------------------------------------
+
+
+def many_hooks_config(count: int, client_regex: str) -> str:
+    hooks = "".join(f"  - {{event: SettingValueChanged, client: console, client_regex: '^Svc{i:05d}(Api)?$'}}\n" for i in range(count))
+    return f"listen: 127.0.0.1:0\nclients:\n  - {{name: console, type: log}}\nhooks:\n  - {{event: SettingValueChanged, client: console, client_regex: '{client_regex}'}}\n{hooks}"
+
+
+async def test_events_are_matched_against_the_running_configuration_during_a_reload(
+    registry: PluginRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from figrelay import reload as reload_module
+    from figrelay.events import parse_event
+
+    built_in: list[str] = []
+    real_rules = reload_module.Rules
+
+    def rules_in_a_thread(*args: object, **kwargs: object) -> object:
+        built_in.append(threading.current_thread().name)
+        return real_rules(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reload_module, "Rules", rules_in_a_thread)
+    path = write_config(tmp_path / "figrelay.yaml", many_hooks_config(0, "^OrdersApi$"))
+    orders = parse_event("SettingValueChanged", {"ClientName": "OrdersApi", "UpdatedSettings": ["Timeout"]})
+    payments = parse_event("SettingValueChanged", {"ClientName": "PaymentsApi", "UpdatedSettings": ["Timeout"]})
+    async with aiohttp.ClientSession() as http:
+        holder = ConfigHolder(path, registry, http)
+        await holder.load()
+        try:
+            state = {"reloading": False}
+            holder.reload_started.append(lambda: state.update(reloading=True))
+            holder.reload_finished.append(lambda result: state.update(reloading=False))
+            seen: list[tuple[bool, int, int, int]] = []
+            stop = asyncio.Event()
+
+            async def intake() -> None:  # what the intake does for each event: match on the current configuration
+                while not stop.is_set():
+                    live = holder.current
+                    seen.append((state["reloading"], live.generation, len(live.rules.match(orders)), len(live.rules.match(payments))))
+                    await asyncio.sleep(0)
+
+            task = asyncio.create_task(intake())
+            await asyncio.sleep(0)
+            write_config(path, many_hooks_config(3_000, "^PaymentsApi$"))
+            result = await holder.reload("test")
+            await asyncio.sleep(0)
+            stop.set()
+            await task
+        finally:
+            await holder.close()
+    assert result.applied and "3001 hooks" in result.summary
+    during = [s for s in seen if s[0]]
+    print(f"\n{len(during)} events matched while the reload ran (for reading)")
+    assert during, "the event loop kept running during the reload"
+    assert all(s[1:] == (1, 1, 0) for s in during), "the running configuration until the swap"
+    assert seen[-1][1:] == (2, 0, 1)
+    assert len(built_in) == 2 and threading.main_thread().name not in built_in, "hooks are indexed off the event loop"

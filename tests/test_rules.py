@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from figrelay.config import HookConfig, parse_config
 from figrelay.events import FigEvent, SettingValueChanged, parse_event
-from figrelay.hookregex import compile_hook_regex, is_linear, time_limited
+from figrelay.hookregex import compile_hook_regex, is_linear, required_prefix, time_limited
 from figrelay.plugins import PluginRegistry, load_plugins
 from figrelay.rules import Match, RegexTimeout, Rules
 
@@ -379,11 +381,12 @@ def test_a_setting_regex_that_backtracks_keeps_the_event_whole(rules_for: Any) -
 
 def test_the_budget_covers_the_client_name_and_every_setting_name_together() -> None:
     # a clock that moves 2 ms at each reading: the first search starts the budget, each later one
-    # reads what is left, so 5 ms last for three searches and the fourth is refused
+    # reads what is left, so 5 ms last for three searches and the fourth is refused (caches off, so
+    # that every name is searched on every event)
     readings = itertools.count()
     rules = Rules(
         [hook("SettingValueChanged", client_regex="^(Orders|Payments)", setting_regex="^(Time|Retry)")],
-        regex_budget=0.005, clock=lambda: next(readings) * 0.002,
+        regex_budget=0.005, clock=lambda: next(readings) * 0.002, client_cache_size=0, setting_cache_size=0,
     )
     [match] = rules.match(event("SettingValueChanged", UpdatedSettings=["Timeout", "RetryCount"]))
     assert match.timed_out is None and match.event.updated_settings == ("Timeout", "RetryCount")  # type: ignore[attr-defined]
@@ -392,6 +395,27 @@ def test_the_budget_covers_the_client_name_and_every_setting_name_together() -> 
     # each event, and each hook, starts with a full budget
     [match] = rules.match(event("SettingValueChanged", UpdatedSettings=["Timeout"]))
     assert match.timed_out is None
+
+
+def test_with_caches_only_the_searches_made_count_against_the_budget() -> None:
+    # the same clock: names not seen before are searched and charged as without caches; a name whose
+    # result is cached costs no search, so it uses none of the budget
+    readings = itertools.count()
+    rules = Rules(
+        [hook("SettingValueChanged", client_regex="^(Orders|Payments)", setting_regex="^(Time|Retry)")],
+        regex_budget=0.005, clock=lambda: next(readings) * 0.002,
+    )
+    [match] = rules.match(event("SettingValueChanged", ClientName="OrdersApi", UpdatedSettings=["Timeout", "RetryCount"]))
+    assert match.timed_out is None and match.event.updated_settings == ("Timeout", "RetryCount")  # type: ignore[attr-defined]
+    # a new client name and three new setting names: four searches, the fourth refused
+    [match] = rules.match(event("SettingValueChanged", ClientName="PaymentsApi", UpdatedSettings=["TimeoutMs", "RetryMax", "TimeLimit"]))
+    assert match.timed_out == RegexTimeout("setting_regex", "^(Time|Retry)", 0.005)
+    # the refused search was not kept as a non-match: alone, that name is searched again, and found
+    [match] = rules.match(event("SettingValueChanged", ClientName="PaymentsApi", UpdatedSettings=["TimeLimit"]))
+    assert match.timed_out is None and match.event.updated_settings == ("TimeLimit",)  # type: ignore[attr-defined]
+    # every name of the first events is cached now: nothing is searched, nothing runs out
+    [match] = rules.match(event("SettingValueChanged", ClientName="OrdersApi", UpdatedSettings=["Timeout", "RetryCount", "TimeoutMs", "RetryMax"]))
+    assert match.timed_out is None and match.event.updated_settings == ("Timeout", "RetryCount", "TimeoutMs", "RetryMax")  # type: ignore[attr-defined]
 
 
 def test_patterns_that_cannot_backtrack_are_searched_without_the_clock() -> None:
@@ -471,3 +495,43 @@ def test_a_hand_built_re_pattern_that_could_backtrack_is_time_limited_with_its_f
     # and it goes through Rules like a loaded one
     [match] = finishes(lambda: Rules([hook("ClientStatusChanged", client_regex="^(a|aa)+$")]).match(status("a" * 40 + "!")))
     assert match.timed_out is not None
+
+
+# --- the prefix index: a name that cannot match is not searched ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefix"),
+    [
+        ("^OrdersApi$", "OrdersApi"), ("^Orders", "Orders"), ("^Orders(Api|Service)?$", "Orders"), ("^Ordersx?", "Orders"),
+        ("^O{1}rders", ""), ("^Orders{e<=1}", "Order"), (r"^Orders\.Api", "Orders"), ("^Ab[|]c", "Ab"), ("^Ab[]|]c", "Ab"),
+        ("Orders", ""), ("Api$", ""), (".*", ""), ("^", ""), ("", ""), ("^.*", ""), ("^Orders|Payments", ""), ("^Ab(c|d)|e", ""),
+        ("^(?i)Orders", ""), ("^Ord(?i)ers", ""), ("^Ab(?#(x)|y", ""), (r"^\p{Lu}x", ""), ("^A*", ""), ("^(Orders|Payments)", ""),
+    ],
+)
+def test_a_required_prefix_is_found_only_where_it_is_certain(pattern: str, prefix: str) -> None:
+    assert required_prefix(compile_hook_regex(pattern)) == prefix
+
+
+def test_flags_that_change_what_matches_leave_no_prefix() -> None:
+    for flags in (re.IGNORECASE, re.MULTILINE, re.VERBOSE):
+        assert required_prefix(re.compile("^Orders", flags)) == ""
+    assert required_prefix(re.compile("^Orders")) == "Orders"
+    assert required_prefix(regex.compile("^Orders", regex.VERSION0 | regex.IGNORECASE)) == ""
+
+
+PIECES = ("a", "b", "(a|b)", "?", "*", "+", "{2}", "{e<=1}", "|a", "[|]", r"\|", "(?:a|bb)", "$", ".", "(?i)", "(?#c|d)", "[]|]", r"\d", "(a)\\1", "[^]a]", "(?=a)", "\n")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text("abAB", min_size=1, max_size=3), st.lists(st.sampled_from(PIECES), max_size=5), st.lists(st.text("abAB|\n1", max_size=8), min_size=1, max_size=20))
+def test_no_name_a_pattern_is_found_in_lacks_its_required_prefix(literal: str, tail: list[str], names: list[str]) -> None:
+    text = "^" + literal + "".join(tail)
+    try:
+        pattern = compile_hook_regex(text)
+    except ValueError:
+        return
+    prefix = required_prefix(pattern)
+    for name in [*names, literal, literal + "a", literal[:-1]]:
+        if pattern.search(name) is not None:
+            assert name.startswith(prefix), (text, prefix, name)

@@ -107,11 +107,11 @@ def test_example_config_loads_cleanly(registry: PluginRegistry) -> None:
     assert config.delivery.backoff_max == 60
     assert config.delivery.circuit_open_after == 3
     assert config.delivery.attempt_timeout == 60
-    assert config.delivery.max_in_flight == 4
+    assert config.delivery.max_in_flight == 16
     assert config.delivery.shutdown_timeout == 10
     assert list(config.clients) == ["console"]
     console = config.clients["console"]
-    assert (console.type, console.max_in_flight) == ("log", 4)
+    assert (console.type, console.max_in_flight) == ("log", 16)
     assert console.options.format == "summary"
     assert [h.event for h in config.hooks] == [
         "SettingValueChanged",

@@ -6,6 +6,9 @@ answered), against a bare aiohttp server on the same machine that only parses th
 The figures are ratios against the baseline measured in the same run, since the machine is
 shared and noisy. Each event matches one hook to a `log` client (written at debug level, which
 the daemon filters out), so every event costs an outbox insert, a dispatch and a delete.
+
+``python -m bench --only comparison`` (docs/performance.md) measures the intake with wrk instead,
+with deliveries to an HTTP receiver, beside Alertmanager and an Apprise script.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ async def start(cmd: list[str], url: str | None = None) -> tuple[asyncio.subproc
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 async def _drain(proc: asyncio.subprocess.Process) -> None:
@@ -141,7 +144,7 @@ async def main() -> None:
             [sys.executable, "-m", "figrelay", "run", "--config", str(config), "--log-level", "warning"], f"http://127.0.0.1:{port}"
         )
         try:
-            results = {}
+            results: dict[str, list[float]] = {}
             for name, url in (("baseline", base_url), ("figrelay", relay_url), ("baseline", base_url), ("figrelay", relay_url)):
                 seconds = await load(url, args.events, args.concurrency)
                 results.setdefault(name, []).append(args.events / seconds)

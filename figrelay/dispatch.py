@@ -56,6 +56,8 @@ from .wording import plural
 
 log = logging.getLogger("figrelay.dispatch")
 
+LAST_SENT_MAX = 1000
+"""Above this many remembered group sends, those whose coalescing window has passed are dropped."""
 PRELOAD_MAX = 10_000
 """Rows handed over by the intake kept in memory at most; beyond, they are read back when due."""
 MAX_FETCH = 500
@@ -344,7 +346,10 @@ class Dispatcher:
                 sending = group
                 del lane.groups[group.key]
             lane.sending += 1
-            lane.last_sent[group.key] = now
+            if route.coalesce:  # only a coalescing lane needs to know when a group last went
+                lane.last_sent[group.key] = now
+                if len(lane.last_sent) > LAST_SENT_MAX:
+                    _forget_old_sends(lane.last_sent, now - route.coalesce)
             if route.min_interval:
                 lane.next_send = now + route.min_interval
                 gate = lane.next_send
@@ -698,6 +703,13 @@ class Dispatcher:
 
 
 _STATUS = re.compile(r"\b(?:HTTP|SMTP) ([1-5]\d\d)\b")
+
+
+def _forget_old_sends(last_sent: dict[GroupKey, float], before: float) -> None:
+    """Drop the sends whose coalescing window ended before ``before``: the next event of such a
+    group goes at once either way, so nothing needs remembering of it."""
+    for key in [k for k, at in last_sent.items() if at < before]:
+        del last_sent[key]
 
 
 def _status_in(text: str) -> int | None:

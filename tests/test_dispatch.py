@@ -538,3 +538,16 @@ async def test_rows_handed_over_by_the_intake_are_sent_without_reading_them_back
     await wait_until(lambda: not dispatcher.pending().get("chat"))
     assert await outbox.list() == [], "both recorded delivered"
     await run(dispatcher)
+
+
+async def test_a_lane_remembers_nothing_per_delivery_once_it_is_sent(outbox):
+    """A long run must not grow the dispatcher: a lane that does not coalesce keeps no trace of
+    the deliveries it sent (it once kept the time of each, for ever)."""
+    target = Recorder()
+    dispatcher = Dispatcher(outbox, Routing(SETTINGS, {"chat": ClientRoute(target, max_in_flight=4)}, {0: hook(0)}))
+    await accept(outbox, dispatcher, 200)
+    await wait_until(lambda: len(target.sent) == 200)
+    await wait_until(lambda: not dispatcher.pending().get("chat"))
+    lane = dispatcher._lanes["chat"]
+    assert lane.last_sent == {} and lane.known == {} and dispatcher._loaded == {}
+    await run(dispatcher)

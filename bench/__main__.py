@@ -15,11 +15,12 @@ Parts (docs/performance.md says what each measures):
   memory      RSS after 100,000 run sessions; RSS and the store's size over 1,000,000 events
   scale       hooks and memory
 
---quick runs every part small (about a minute and a half for all of them). The bench prints
-figures, never asserts them; the machine is shared and noisy, so the ratios measured in the same
-run are what to compare. wrk, Alertmanager and Apprise are bench tools, not figrelay dependencies:
-when one is missing the bench says how to install it and skips what needs it. Every process and
-the temporary folder are removed at the end, also on Ctrl-C, SIGTERM or an error.
+The whole suite takes 20 to 30 minutes on 2 cores; --quick runs every part small, in about a
+minute. The bench prints figures, never asserts them; the machine is shared and noisy, so the
+ratios measured in the same run are what to compare. wrk, Alertmanager and Apprise are bench
+tools, not figrelay dependencies: when one is missing the bench says how to install it; without
+wrk the load comes from a slower aiohttp loop, without the others their baseline is skipped.
+Every process and the temporary folder are removed at the end, also on Ctrl-C, SIGTERM or an error.
 """
 
 from __future__ import annotations
@@ -80,14 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, help="wrk's connections (default 32)")
     parser.add_argument("--rounds", type=int, help="end-to-end rounds on the same processes (default 3)")
     parser.add_argument("--rate", help="latency: comma-separated events/s (default 1000)")
-    parser.add_argument("--latency-seconds", type=float, help="latency: seconds at each rate (default 10; quick 3)")
+    parser.add_argument("--latency-seconds", type=float, help="latency: seconds at each rate (default 10; quick 2)")
     parser.add_argument("--hooks", type=int, help="hooks: the large count, against 10 (default 10000)")
     parser.add_argument("--reload-rate", type=float, help="hooks: events/s during the reloads under load (default 200)")
-    parser.add_argument("--reload-seconds", type=float, help="hooks: seconds of load during the reloads (default 8; quick 3)")
+    parser.add_argument("--reload-seconds", type=float, help="hooks: seconds of load during the reloads (default 8; quick 2)")
     parser.add_argument("--reloads", type=int, help="hooks: reloads idle, and reloads under load (default 3; quick 1)")
     parser.add_argument("--sessions", type=int, help="memory: run sessions posted (default 100000; quick 5000)")
-    parser.add_argument("--events", type=int, help="memory: events of the long run (default 1000000; quick 20000)")
-    parser.add_argument("--samples", type=int, help="memory: chunks of the long run, sampled after each (default 10; quick 4)")
+    parser.add_argument("--events", type=int, help="memory: events of the long run (default 1000000; quick 12000)")
+    parser.add_argument("--samples", type=int, help="memory: chunks of the long run, sampled after each (default 10; quick 3)")
     parser.add_argument("--settle", type=float, help="give up waiting for deliveries after this many seconds without one (default 15; quick 5)")
     args = parser.parse_args(argv)
     wanted = [p.strip() for p in (args.only or "").split(",") if p.strip()]
@@ -140,7 +141,9 @@ def problems(bench: Bench) -> None:
         if not proc.problem_count:
             quiet.append(proc.name)
             continue
-        counted = Counter(re.sub(r"\b[0-9a-f]{32}\b|\d+", "N", log_message(line))[:300] for line in proc.problems)
+        # a traceback's frames (indented) are left out: its first line and its exception stay
+        shown = [log_message(line) for line in proc.problems if not line[:1].isspace()]
+        counted = Counter(re.sub(r"\b[0-9a-f]{32}\b|\d+", "N", message)[:300] for message in shown)
         say(f"{proc.name}: {proc.problem_count} problem line(s){' (the first 200 grouped)' if proc.problem_count > 200 else ''}:")
         for message, n in counted.most_common(12):
             say(f"  {n} x {message}")

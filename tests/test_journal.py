@@ -77,6 +77,38 @@ async def test_attempts_and_outcomes_move_the_journal_in_the_same_transaction(ou
     assert dict(rows(outbox, "SELECT delivery_id, state FROM journal_deliveries"))["d1"] == "purged"
 
 
+def test_record_outcomes_leaves_the_journal_as_attempts_then_finished_do() -> None:
+    # record_outcomes folds a delivered attempt's two UPDATEs into one: the rows must come out the same
+    attempts = [
+        journal.Attempt("d1", 1, 1000.5, 0.1, "delivered", 200, "HTTP 200"),  # delivered by this attempt
+        journal.Attempt("d2", 2, 1000.5, 0.1, "retry", 503, "HTTP 503"),  # retried
+        journal.Attempt("d3", 3, 1000.5, 0.1, "dead", 400, "HTTP 400"),  # dead: its own reason wins
+        journal.Attempt("d5", 1, 1000.5, 0.1, "retry", 503, "HTTP 503"),  # two attempts in one write, the second delivers
+        journal.Attempt("d5", 2, 1000.6, 0.1, "delivered", 200, "HTTP 200"),
+    ]
+    finished = journal.Finished(1001.0, delivered=["d1", "d4", "d5"], dead=[("d3", "HTTP 400: no such channel")])
+
+    def journal_after(write) -> list[tuple]:
+        conn = sqlite3.connect(":memory:")
+        journal.create(conn)
+        journal.record_deliveries(conn, [journal.JournalDelivery(f"d{i}", "e1", "siem", 0, "SecurityEvent", 1000.0) for i in range(1, 6)])
+        conn.execute("UPDATE journal_deliveries SET attempts = 1 WHERE delivery_id = 'd2'")
+        write(conn)
+        return conn.execute("SELECT delivery_id, state, attempts, finished_at, last_reason FROM journal_deliveries ORDER BY delivery_id").fetchall() + (
+            conn.execute("SELECT * FROM journal_attempts ORDER BY delivery_id, attempt").fetchall())
+
+    def apart(conn: sqlite3.Connection) -> None:
+        journal.record_attempts(conn, attempts)
+        journal.record_finished(conn, finished)
+
+    expected = journal_after(apart)
+    assert journal_after(lambda conn: journal.record_outcomes(conn, attempts, finished)) == expected
+    assert expected[:5] == [
+        ("d1", "delivered", 1, 1001.0, "HTTP 200"), ("d2", "pending", 2, None, "HTTP 503"), ("d3", "dead", 3, 1001.0, "HTTP 400: no such channel"),
+        ("d4", "delivered", 0, 1001.0, None), ("d5", "delivered", 2, 1001.0, "HTTP 200"),
+    ]
+
+
 async def test_a_disabled_journal_writes_nothing(outbox: Outbox) -> None:
     outbox.journal_enabled = False
     await outbox.accept([NewDelivery("d1", "siem", "SecurityEvent", b"{}", 0, 1000.0, event_id="e1")], (), journal_event("e1"))

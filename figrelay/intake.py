@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from . import journal
@@ -106,30 +106,28 @@ class Intake:
             if body is None:
                 body = bodies[id(match.event)] = match.event.to_json()
             if match.timed_out is not None:
-                new.append(self._dead_letter(match.hook, match.timed_out, event, event.route, body, now))
+                new.append(self._dead_letter(match.hook, match.timed_out, event, event.route, body, now, event_id))
                 continue
-            new.append(NewDelivery(new_delivery_id(), match.hook.client, event.route, body, match.hook.index, now))
+            new.append(NewDelivery(new_delivery_id(), match.hook.client, event.route, body, match.hook.index, now, event_id=event_id))
             made[new[-1].id] = match.event
 
         if isinstance(event, ClientStatusChanged) and not event.test:
             # the count, and the crossings it raises, are decided inside the store's transaction,
             # against the sessions every replica committed (not this process's memory)
             def complete(change: SessionChange | None) -> tuple[list[NewDelivery], journal.JournalEvent | None]:
-                rows = new + (self._crossings(live, change, event, now, made) if change is not None else [])
-                rows = [replace(d, event_id=event_id) for d in rows]
+                rows = new + (self._crossings(live, change, event, now, made, event_id) if change is not None else [])
                 return rows, (self._journal_event(event_id, event, received, now, rows) if self._outbox.journal_enabled else None)
 
             _, stored = await self._outbox.accept_counted(session_write(event), complete)
             new = list(stored)
         else:
-            new = [replace(d, event_id=event_id) for d in new]
             journal_event = self._journal_event(event_id, event, received, now, new) if self._outbox.journal_enabled else None
             if new or journal_event is not None:
                 await self._outbox.accept(new, (), journal_event)
         self.announce([(d.id, d.client, now) for d in new if d.dead_reason is None], {d.id: (d, made[d.id]) for d in new if d.id in made})
         for d in new:
             if d.dead_reason is None:
-                self._metrics.matches.labels(d.client, d.route).inc()
+                self._metrics.match_count(d.client, d.route).inc()
         subject = event.setting_client or getattr(event, "username", None) or "-"
         fields = {"event_id": event_id, "route": event.route}
         if new:
@@ -142,7 +140,9 @@ class Intake:
             log.info("accepted %s for %s: no hook matched", event.route, subject, extra=fields)
         return Accepted(event, tuple(new), event_id=event_id)
 
-    def _crossings(self, live: LiveConfig, change: SessionChange, event: ClientStatusChanged, now: float, made: dict[str, FigEvent]) -> list[NewDelivery]:
+    def _crossings(
+        self, live: LiveConfig, change: SessionChange, event: ClientStatusChanged, now: float, made: dict[str, FigEvent], event_id: str
+    ) -> list[NewDelivery]:
         """The MinRunSessions deliveries one counted change raises. A hook whose regex ran out of
         time is treated as matching: if it would cross, the raised event is kept as a dead letter;
         if not, nothing would have been sent anyway (logged, counted)."""
@@ -151,9 +151,9 @@ class Intake:
         unknown = {hook.index: (hook, timed_out) for hook, timed_out in thresholds if timed_out is not None}
         for hook, raised in crossings(change, event, [hook for hook, _ in thresholds]):
             if hook.index in unknown:
-                new.append(self._dead_letter(hook, unknown.pop(hook.index)[1], event, raised.route, raised.to_json(), now))
+                new.append(self._dead_letter(hook, unknown.pop(hook.index)[1], event, raised.route, raised.to_json(), now, event_id))
                 continue
-            new.append(NewDelivery(new_delivery_id(), hook.client, raised.route, raised.to_json(), hook.index, now))
+            new.append(NewDelivery(new_delivery_id(), hook.client, raised.route, raised.to_json(), hook.index, now, event_id=event_id))
             made[new[-1].id] = raised
             log.info(
                 "%s: %s (%d run sessions, hook %d minimum %s)",
@@ -180,14 +180,16 @@ class Intake:
         body = received if received is not None else event.to_json()
         return journal.JournalEvent(event_id, now, event.route, event.setting_client, body, event.test, matched)
 
-    def _dead_letter(self, hook: HookConfig, timed_out: RegexTimeout, event: FigEvent, route: str, body: bytes, now: float) -> NewDelivery:
+    def _dead_letter(
+        self, hook: HookConfig, timed_out: RegexTimeout, event: FigEvent, route: str, body: bytes, now: float, event_id: str
+    ) -> NewDelivery:
         """A hook whose regex ran out of time neither sends nor drops the event: it keeps it for
         the operator, who sends it with ``figrelay deliveries retry`` or drops it with ``purge``."""
         delivery_id = new_delivery_id()
         reason = timed_out.reason(delivery_id)
         self._metrics.regex_timeouts.labels(hook.client, timed_out.key).inc()
         log.warning("hook %d (%s to %s), %s for %s: %s", hook.index, hook.event, hook.client, event.route, _shown(event.setting_client), reason)
-        return NewDelivery(delivery_id, hook.client, route, body, hook.index, now, dead_reason=reason)
+        return NewDelivery(delivery_id, hook.client, route, body, hook.index, now, dead_reason=reason, event_id=event_id)
 
 
 def _shown(name: str | None) -> str:

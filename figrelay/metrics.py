@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder
@@ -17,11 +18,29 @@ from .dispatch import DeliveryObserver
 from .journal import JournalStats, Pruned
 from .storage import StoredDelivery
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+__all__ = ["Children", "Metrics", "CONTENT_TYPE_LATEST"]
 
 # From a fraction of a second (a healthy target) to a day (retries over an outage).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
 ATTEMPT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Children:
+    """``metric.labels(*values)``, remembered: prometheus-client checks the values and takes a lock
+    on every call, which the intake and the dispatcher would pay for every event. Only for
+    metrics whose children are never removed (no ``clear()``), with bounded labels."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._cache.get(values)
+        if child is None:
+            child = self._cache[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics(DeliveryObserver):
@@ -87,6 +106,12 @@ class Metrics(DeliveryObserver):
         self.lanes_count = Gauge("figrelay_replica_lanes_held", "Clients whose lane this replica holds now", registry=r)
         self.replicas = Gauge("figrelay_replicas_alive", "Replicas sharing the store that renewed their presence within a lease", registry=r)
         self.claims = Counter("figrelay_replica_claims", "Deliveries this replica claimed from the shared store to send", registry=r)
+        self.event_count = Children(self.events)
+        """events(event, outcome), remembered"""
+        self.match_count = Children(self.matches)
+        self._delivery_count = Children(self.deliveries)
+        self._latency = Children(self.latency)
+        self._attempt = Children(self.attempt)
         for reason in ("age", "size", "disabled"):
             self.journal_pruned.labels(reason)  # 0 from the start: increase() sees the first prune
         self.reload_ok.set(1)
@@ -106,18 +131,18 @@ class Metrics(DeliveryObserver):
     # --- DeliveryObserver ---------------------------------------------------------------------
 
     def attempted(self, delivery: Delivery, outcome: Outcome, seconds: float) -> None:
-        self.attempt.labels(delivery.client).observe(seconds)
+        self._attempt(delivery.client).observe(seconds)
 
     def finished(self, row: StoredDelivery, result: str) -> None:
-        self.deliveries.labels(row.client, result).inc()
+        self._delivery_count(row.client, result).inc()
         if result == "delivered":
-            self.latency.labels(row.client).observe(max(0.0, time.time() - row.created_at))
+            self._latency(row.client).observe(max(0.0, time.time() - row.created_at))
 
     def retried(self, row: StoredDelivery) -> None:
-        self.deliveries.labels(row.client, "retried").inc()
+        self._delivery_count(row.client, "retried").inc()
 
     def expired(self, client: str) -> None:
-        self.deliveries.labels(client, "dead").inc()
+        self._delivery_count(client, "dead").inc()
 
     def circuit(self, client: str, is_open: bool, failures: int) -> None:
         self.circuit_open.labels(client).set(1 if is_open else 0)

@@ -259,7 +259,7 @@ async def receive_event(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     holder = request.app[HOLDER]
     live = holder.current
-    count = request.app[METRICS].events.labels
+    count = request.app[METRICS].event_count
     verdict = await live.checker.verify(request.headers.get("Authorization"), peer_key(request))
     if verdict.retry_after is not None:  # this peer's secret checks are queued up: not checked
         count(route, "throttled").inc()

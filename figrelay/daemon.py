@@ -126,24 +126,46 @@ deliveries), soon enough that a journal left too large by a lowered limit shrink
 JOURNAL_PRUNE_EVERY = 60.0
 
 
+JOURNAL_SIZE_CHECK_EVERY = 5.0
+"""Seconds between two measurements of the journal's size between passes: a journal past
+``journal.max_bytes`` is pruned then, not up to a minute later (at 2,000 events a second a
+minute's events take over 100 MB)."""
+
+
 async def _prune_journal(
     outbox: Store, holder: ConfigHolder, metrics: Metrics, every: float = JOURNAL_PRUNE_EVERY, first: float = JOURNAL_PRUNE_FIRST,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] = time.time, check: float = JOURNAL_SIZE_CHECK_EVERY,
 ) -> None:
     """Keep the journal within ``journal.retention`` and ``journal.max_bytes``, and empty it while
     ``journal.enabled`` is off: one pass shortly after start, then one a minute, each with the
-    settings in force then. A pass deletes in small transactions between the intake's and the
-    dispatcher's writes (``Outbox.prune_journal``). Logs when the size limit, rather than the
-    retention, starts or stops deciding what is kept, and when the limit cannot be kept."""
+    settings in force then, and one as soon as a measurement (every ``check`` seconds, cheap: see
+    ``journal.stats``) finds the journal past ``max_bytes``. A pass deletes in small
+    transactions between the intake's and the dispatcher's writes (``Outbox.prune_journal``).
+    Logs when the size limit, rather than the retention, starts or stops deciding what is kept,
+    and when the limit cannot be kept."""
     await asyncio.sleep(first)
     size_bound = False
     over_limit = False
+    last_pass: float | None = None
     while True:
         try:
             if not outbox.health.writable:  # a full disk: the outbox reports it, and retries by itself
-                await asyncio.sleep(every)
+                await asyncio.sleep(min(every, check))
                 continue
             settings = holder.current.config.journal
+            if last_pass is not None and time.monotonic() - last_pass < every:
+                # between passes: measure, and prune early only when past the limit (and the last
+                # pass could keep it: when every event left waits for its deliveries, a pass now
+                # would walk the whole journal to delete nothing)
+                if not settings.enabled or over_limit:
+                    await asyncio.sleep(check)
+                    continue
+                measured = await outbox.journal_stats()
+                metrics.set_journal(measured)
+                if measured.bytes <= settings.max_bytes:
+                    await asyncio.sleep(check)
+                    continue
+            last_pass = time.monotonic()
             pruned = await outbox.prune_journal(now=clock(), retention=settings.retention, max_bytes=settings.max_bytes)
             metrics.record_journal_pruning(pruned)
             stats = pruned.stats
@@ -173,7 +195,10 @@ async def _prune_journal(
                 over_limit = over
         except Exception as exc:
             log.error("cannot prune the journal: %s; trying again in %s", exc, _span(every))
-        await asyncio.sleep(every)
+            last_pass = time.monotonic()
+            await asyncio.sleep(every)
+            continue
+        await asyncio.sleep(min(every, check))
 
 
 _SPAN_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))

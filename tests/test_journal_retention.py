@@ -306,9 +306,11 @@ def holder_with(settings: JournalSettings) -> Any:
     return SimpleNamespace(current=SimpleNamespace(config=SimpleNamespace(journal=settings)))
 
 
-async def run_chore(outbox: Outbox, settings: JournalSettings, metrics: Metrics, now: float = NOW) -> asyncio.Task[None]:
-    # every: an hour, so exactly one pass runs while the test looks
-    return asyncio.get_running_loop().create_task(_prune_journal(outbox, holder_with(settings), metrics, every=3600, first=0, clock=lambda: now))
+async def run_chore(outbox: Outbox, settings: JournalSettings, metrics: Metrics, now: float = NOW, check: float = 3600) -> asyncio.Task[None]:
+    # every: an hour, so exactly one pass runs while the test looks (and no measurement between passes, unless asked)
+    return asyncio.get_running_loop().create_task(
+        _prune_journal(outbox, holder_with(settings), metrics, every=3600, first=0, clock=lambda: now, check=check)
+    )
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -345,6 +347,25 @@ async def test_the_chore_says_once_when_the_size_limit_decides_what_is_kept(outb
     lines = [r.getMessage() for r in caplog.records if "journal.max_bytes" in r.getMessage()]
     assert len(lines) == 1, lines
     assert re.search(r"the journal reached journal\.max_bytes \(\S+\): it keeps the events of the last (\d+[dhms])+, less than journal\.retention \(7d\)", lines[0]), lines[0]
+
+
+async def test_a_journal_that_grows_past_its_limit_between_passes_is_pruned_then(outbox: Outbox) -> None:
+    # the first pass finds the journal within its limit; the next pass is an hour away, but the
+    # size is measured every few milliseconds here, and the journal, grown past the limit, is pruned at once
+    await add_events(outbox, [NOW - 3600 + i for i in range(200)], body_bytes=1000)
+    measured = (await outbox.journal_stats()).bytes
+    settings = JournalSettings.model_construct(enabled=True, retention=7 * DAY, max_bytes=measured * 2)
+    metrics = Metrics()
+    chore = await run_chore(outbox, settings, metrics, check=0.01)
+    try:
+        await wait_until(lambda: sample(metrics, "figrelay_journal_bytes") == measured, what="the first pass's measurement")
+        assert sample(metrics, "figrelay_journal_pruned_events_total", reason="size") == 0
+        await add_events(outbox, [NOW - 1800 + i for i in range(600)], body_bytes=1000)
+        await wait_until(lambda: (sample(metrics, "figrelay_journal_pruned_events_total", reason="size") or 0) > 0, what="a pass by size")
+        assert (sample(metrics, "figrelay_journal_bytes") or 0) <= settings.max_bytes
+    finally:
+        chore.cancel()
+        await asyncio.gather(chore, return_exceptions=True)
 
 
 async def test_the_chore_empties_a_journal_that_was_turned_off(outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:

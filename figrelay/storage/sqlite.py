@@ -117,9 +117,11 @@ CREATE TABLE IF NOT EXISTS client_health (
 
 T = TypeVar("T")
 
-CACHE_KIB = 16 * 1024
-"""SQLite's page cache for the outbox's connection (its default is 2 MiB): the indexes the intake
-and the dispatcher write stay in memory as the journal grows."""
+CACHE_KIB = 4 * 1024
+"""SQLite's page cache for the outbox's connection (its default is 2 MiB): the ends of the
+indexes the intake and the dispatcher write (their keys are ordered by time, so writes land at
+the end) stay in memory as the journal grows. 16 MiB cost 16 MB of RSS for no throughput the
+bench could measure."""
 
 
 _COLUMNS = "id, client, route, body, hook, created_at, attempts, next_attempt_at, state, last_error, dead_at, event_id"

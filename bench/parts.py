@@ -13,7 +13,20 @@ from typing import Any
 
 from .load import Closed, Open, Request, closed_loop, open_loop
 from .support import INSTALL, cpu_seconds, fmt, have_tool, memory_mb, percentile, say, table, warn
-from .systems import POOL, Alertmanager, AppriseScript, Bare, Figrelay, Receiver, Server, alertmanager_binary, comparison_hooks, scale_hooks, sessions_request
+from .systems import (
+    POOL,
+    Alertmanager,
+    AppriseScript,
+    Bare,
+    BareRelay,
+    Figrelay,
+    Receiver,
+    Server,
+    alertmanager_binary,
+    comparison_hooks,
+    scale_hooks,
+    sessions_request,
+)
 
 
 @dataclass
@@ -198,7 +211,7 @@ def _apprise_installed() -> bool:
 async def comparison(bench: Bench) -> None:
     s = bench.settings
     say(f"## Comparison: {loader(bench)}, {s.connections} connections, {s.seconds:g} s; one SettingValueChanged (or one new alert) per request\n")
-    servers: list[Server] = [Bare(), Figrelay(bench.place("comparison-figrelay"), bench.receiver.url, comparison_hooks())]
+    servers: list[Server] = [Bare(), BareRelay(bench.receiver.url), Figrelay(bench.place("comparison-figrelay"), bench.receiver.url, comparison_hooks())]
     if available(bench, "alertmanager", "Alertmanager skipped"):
         servers.append(Alertmanager(bench.place("comparison-alertmanager"), bench.receiver.url))
     if available(bench, "apprise", "the Apprise script skipped"):
@@ -231,6 +244,13 @@ async def comparison(bench: Bench) -> None:
         ratios += [("intake figrelay / Alertmanager", fig.load.accepted_per_s / am_round.load.accepted_per_s),
                    ("end-to-end figrelay / Alertmanager", fig.delivered_per_s / am_round.delivered_per_s)]
         bench.found["comparison end-to-end figrelay / Alertmanager"] = ratios[-1][1]
+    relay = rounds["bare aiohttp relay"]
+    ratios += [("intake figrelay / bare aiohttp relay", fig.load.accepted_per_s / relay.load.accepted_per_s),
+               ("end-to-end figrelay / bare aiohttp relay", fig.delivered_per_s / relay.delivered_per_s)]
+    bench.found["end-to-end figrelay / bare aiohttp relay"] = ratios[-1][1]
+    if "Alertmanager" in rounds:
+        ratios.append(("end-to-end bare aiohttp relay / Alertmanager", relay.delivered_per_s / rounds["Alertmanager"].delivered_per_s))
+        bench.found["end-to-end bare aiohttp relay / Alertmanager"] = ratios[-1][1]
     if "Apprise script" in rounds:
         ratios.append(("end-to-end figrelay / Apprise script", fig.delivered_per_s / rounds["Apprise script"].delivered_per_s))
     say("\n" + "\n".join(f"{what}: {fmt(value, 2)}" for what, value in ratios) + "\n")

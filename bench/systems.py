@@ -161,6 +161,67 @@ class Bare(Server):
         self.url = m.group(1)
 
 
+RELAY_SCRIPT = textwrap.dedent(
+    """
+    # The ceiling of a relay built on aiohttp, as figrelay is: parse the event, answer, and forward
+    # its body to the target from 16 sends in flight. Nothing is stored, matched, journaled or
+    # logged: what is queued is lost with the process.
+    import asyncio, json, sys
+    import aiohttp
+    from aiohttp import web
+
+    async def main():
+        queue = asyncio.Queue()
+        http = aiohttp.ClientSession()
+
+        async def handle(request):
+            body = await request.read()
+            json.loads(body)
+            queue.put_nowait((request.match_info["route"], body))
+            return web.json_response({"status": "accepted"})
+
+        async def sender():
+            while True:
+                route, body = await queue.get()
+                try:
+                    async with http.post(sys.argv[1] + route, data=body, headers={"Content-Type": "application/json"}) as resp:
+                        await resp.read()
+                except aiohttp.ClientError:
+                    pass
+
+        senders = [asyncio.create_task(sender()) for _ in range(16)]
+        app = web.Application()
+        app.router.add_post("/{route}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        print("listening on http://127.0.0.1:%d" % site._server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+class BareRelay(Server):
+    """RELAY_SCRIPT, forwarding to the receiver: what figrelay's intake and sends cost in aiohttp
+    alone, without durability, matching, the journal or logging."""
+
+    name = "bare aiohttp relay"
+    source = "relay"
+
+    def __init__(self, receiver: str) -> None:
+        super().__init__()
+        self.target = receiver + "/relay/"
+
+    async def start(self) -> None:
+        self.proc = Proc(self.name, [sys.executable, "-c", RELAY_SCRIPT, self.target])
+        await self.proc.start()
+        m, _ = await self.proc.wait_for(r"listening on (http://\S+)", timeout=30)
+        self.url = m.group(1)
+
+
 APPRISE_SCRIPT = textwrap.dedent(
     """
     # "Just write a script": receive Fig's POST, notify through Apprise's json:// sender, answer.

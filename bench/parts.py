@@ -211,7 +211,11 @@ def _apprise_installed() -> bool:
 async def comparison(bench: Bench) -> None:
     s = bench.settings
     say(f"## Comparison: {loader(bench)}, {s.connections} connections, {s.seconds:g} s; one SettingValueChanged (or one new alert) per request\n")
-    servers: list[Server] = [Bare(), BareRelay(bench.receiver.url), Figrelay(bench.place("comparison-figrelay"), bench.receiver.url, comparison_hooks())]
+    info = Figrelay(bench.place("comparison-figrelay-info"), bench.receiver.url, comparison_hooks(), log_level="info", label="figrelay, log level info")
+    info.name = info.label  # figrelay's default level: a log line as it accepts an event and one as it delivers it
+    servers: list[Server] = [
+        Bare(), BareRelay(bench.receiver.url), Figrelay(bench.place("comparison-figrelay"), bench.receiver.url, comparison_hooks()), info,
+    ]
     if available(bench, "alertmanager", "Alertmanager skipped"):
         servers.append(Alertmanager(bench.place("comparison-alertmanager"), bench.receiver.url))
     if available(bench, "apprise", "the Apprise script skipped"):
@@ -248,6 +252,8 @@ async def comparison(bench: Bench) -> None:
     ratios += [("intake figrelay / bare aiohttp relay", fig.load.accepted_per_s / relay.load.accepted_per_s),
                ("end-to-end figrelay / bare aiohttp relay", fig.delivered_per_s / relay.delivered_per_s)]
     bench.found["end-to-end figrelay / bare aiohttp relay"] = ratios[-1][1]
+    logged = rounds[info.name]
+    ratios.append(("CPU per event, figrelay at log level info / at warning", logged.cpu_ms / fig.cpu_ms))
     if "Alertmanager" in rounds:
         ratios.append(("end-to-end bare aiohttp relay / Alertmanager", relay.delivered_per_s / rounds["Alertmanager"].delivered_per_s))
         bench.found["end-to-end bare aiohttp relay / Alertmanager"] = ratios[-1][1]

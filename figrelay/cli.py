@@ -12,11 +12,11 @@ import textwrap
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__
+from . import PLUGIN_API, __version__
 from .config import Config, ConfigError, load_config
 from .events import ROUTES
 from .logs import redactor
-from .plugins import PluginRegistry, load_plugins
+from .plugins import API_DECLARATION, RESTRICT_ENV, PluginRegistry, describe_api, load_plugins
 from .wording import plural
 
 CONFIG_ENV = "FIGRELAY_CONFIG"
@@ -65,12 +65,15 @@ def _problems(exc: ConfigError) -> str:
 
 def cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     path = _need_config(args, parser)
-    registry = load_plugins()
+    registry = load_plugins(log_failures=False)  # reported just below, once
     _report_plugin_failures(registry)
     try:
         config = load_config(path, registry)
     except ConfigError as exc:
         print(f"{path}: {plural(len(exc.problems), 'problem')}:\n{_problems(exc)}", file=sys.stderr)
+        if registry.failures:
+            print(f"note: {plural(len(registry.failures), 'plugin problem')} above: the client types of a plugin that did not load "
+                  "are unknown until it is fixed (`figrelay plugins` shows the installed plugins)", file=sys.stderr)
         return 1
     # with storage: set, everything lives in the shared database and state_dir goes unused
     for warning in state_dir_warnings(config.state_dir, path) if config.storage is None else []:
@@ -236,14 +239,25 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def cmd_plugins(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    registry = load_plugins()
-    rows = [("PLUGIN", "DISTRIBUTION", "CLIENT TYPES")]
+    registry = load_plugins(log_failures=False)  # listed below as FAILED
+    print(f"figrelay {__version__}, plugin API {PLUGIN_API}")
+    restrict = os.environ.get(RESTRICT_ENV)
+    if restrict is not None:
+        print(f"{RESTRICT_ENV}={restrict}: " + ("loading only the plugins it names" if restrict.strip(", ") else "loading no plugin"))
+    print()
+    rows = [("PLUGIN", "DISTRIBUTION", "API", "CLIENT TYPES")]
     for plugin in registry.plugins:
         dist = f"{plugin.distribution} {plugin.version}" if plugin.distribution else "-"
-        rows.append((plugin.name, dist, ", ".join(plugin.client_types) or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+        rows.append((plugin.name, dist, describe_api(plugin.api), ", ".join(plugin.client_types) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
-        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}")
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
+    if not registry.plugins:
+        print("(no plugin loaded)")
+    undeclared = [p.name for p in registry.plugins if p.api is None]
+    if undeclared:
+        print(f"\nAPI undeclared: {', '.join(undeclared)} (assumed to work with plugin API {PLUGIN_API}; "
+              f"a plugin module says which it supports with {API_DECLARATION} = {PLUGIN_API})")
     if registry.client_types:
         print()
         for name in registry.type_names():
@@ -251,6 +265,62 @@ def cmd_plugins(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     for failure in registry.failures:
         print(f"\nFAILED {failure.plugin}: {failure.error}", file=sys.stderr)
     return 1 if registry.failures else 0
+
+
+def cmd_schema(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import json
+
+    from .schema import build_schema
+
+    registry = load_plugins()
+    _report_plugin_failures(registry)
+    if registry.failures:
+        print("warning: the client types of a plugin that did not load are missing from the schema; fix it and write the schema again",
+              file=sys.stderr)
+    document, problems = build_schema(registry)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    # beside the target, then renamed: an editor never reads half a schema
+    partial = args.output.with_name(f".{args.output.name}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, args.output)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        print(f"figrelay schema: cannot write {args.output}: {exc.strerror or exc}; choose another --output, or print it "
+              "with `figrelay schema > FILE`", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} ({document['title']}); an editor with the YAML language server uses it for a configuration "
+          f"whose first line is:\n# yaml-language-server: $schema={args.output.name}")
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .scaffold import ScaffoldError, next_steps, plugin_names, write_plugin
+
+    registry = load_plugins(log_failures=False)  # only to refuse a name already installed
+    taken = {p.name: f"an installed plugin ({p.distribution or 'no distribution'})" for p in registry.plugins}
+    taken.update({name: f"a client type of an installed plugin ({_provider(registry, name)})" for name in registry.client_types})
+    try:
+        names = plugin_names(args.name, taken)
+        folder = args.dir if args.dir is not None else Path(names.distribution)
+        write_plugin(names, folder)
+    except ScaffoldError as exc:
+        print(f"figrelay new-plugin: {exc}", file=sys.stderr)
+        return 2
+    print(next_steps(names, folder))
+    return 0
+
+
+def _provider(registry: PluginRegistry, client_type: str) -> str:
+    plugin = next((p for p in registry.plugins if client_type in p.client_types), None)
+    if plugin is None:
+        return "?"
+    return f"{plugin.distribution} {plugin.version}" if plugin.distribution else f"plugin {plugin.name}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
               figrelay trace EVENT_OR_DELIVERY_ID --config config.yaml
               figrelay replay --since 24h --client slack-ops --dry-run --config config.yaml
               figrelay plugins
+              figrelay new-plugin pager
+              figrelay schema --output figrelay.schema.json
 
             Every command takes --help. The configuration defaults to $FIGRELAY_CONFIG.
             """
@@ -316,12 +388,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = sub.add_parser(
         "plugins", help="list installed plugins and their client types",
-        description="List the installed plugins (the 'figrelay' entry-point group), their distributions and the client "
-        "types they provide. Exit 1 when a plugin failed to load.",
+        description="List the installed plugins (the 'figrelay' entry-point group), their distributions, the plugin API "
+        "versions they declare and the client types they provide. Exit 1 when a plugin failed to load, for instance one "
+        "written for another plugin API version.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  figrelay plugins\n  FIGRELAY_PLUGINS=http,slack figrelay plugins   # load only these plugins",
     )
     plugins.set_defaults(func=cmd_plugins)
+
+    new_plugin = sub.add_parser(
+        "new-plugin", help="write a new delivery plugin to start from",
+        description="Write a complete, installable delivery plugin into a new folder (default ./figrelay-NAME): its "
+        "pyproject.toml (build system, the figrelay entry point, dependencies), the module figrelay_NAME.py with a client "
+        "type NAME (typed options: an https URL, a secret token, a timeout; a target that POSTs each event as JSON), a "
+        "README, and tests that run it inside a real figrelay daemon. Then print the next steps. See docs/plugins.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  figrelay new-plugin pager\n  figrelay new-plugin ops_chat --dir ~/src/figrelay-ops-chat",
+    )
+    new_plugin.add_argument(
+        "name", metavar="NAME",
+        help="the client type's name (type: NAME in the YAML): a lower-case letter, then lower-case letters, digits and single underscores",
+    )
+    new_plugin.add_argument("--dir", type=Path, metavar="PATH", help="the folder to write, new or empty (default: ./figrelay-NAME)")
+    new_plugin.set_defaults(func=cmd_new_plugin)
+
+    schema = sub.add_parser(
+        "schema", help="print a JSON Schema of the configuration, for editors",
+        description="Print a JSON Schema (draft 2020-12) of the configuration file, with the options of every installed "
+        "plugin's client types, so that an editor with the YAML language server (VS Code's YAML extension, and others) "
+        "completes keys, shows their documentation and marks mistakes as you type. Write it beside the configuration and "
+        "put '# yaml-language-server: $schema=figrelay.schema.json' on the configuration's first line. Write it again after "
+        "installing or upgrading a plugin. The schema cannot check everything `figrelay check` does (that a hook's client "
+        "exists, that a regex or template compiles): check the file before using it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  figrelay schema --output /etc/figrelay/figrelay.schema.json\n"
+        "  figrelay schema > figrelay.schema.json\n"
+        "  FIGRELAY_PLUGINS=http,slack figrelay schema --output figrelay.schema.json   # only these plugins' client types",
+    )
+    schema.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the schema to FILE instead of standard output")
+    schema.set_defaults(func=cmd_schema)
 
     test = sub.add_parser(
         "test", help="send Fig's seven Test-button events to one client",

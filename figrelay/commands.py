@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 import sys
 import time
@@ -21,12 +20,12 @@ import aiohttp
 
 from .config import Config, HookConfig, closest
 from .daemon import OUTBOX_FILE
-from .delivery import ClientContext, Delivered, Delivery, Failed, Outcome, Retry
+from .delivery import Delivered, Delivery, Failed, Outcome, Retry
 from .events import ROUTES, EventError, parse_event_body
 from .hookregex import HookPattern, time_limited
 from .logs import redactor
 from .messages import describe
-from .plugins import PluginRegistry
+from .plugins import PluginRegistry, client_context
 from .samples import sample_test_events, test_button_events
 from .storage import ClientHealth, OutboxError, Store, StoredDelivery
 from .storage.postgresql_store import PostgresStore
@@ -57,7 +56,7 @@ async def test_client(config: Config, registry: PluginRegistry, name: str, sampl
     rows = [["EVENT", "RESULT", "TIME", "DETAIL"]]
     ok = True
     async with aiohttp.ClientSession(headers={"User-Agent": "figrelay-test"}) as http:
-        context = ClientContext(name, client.options, http, logging.getLogger(f"figrelay.client.{name}"), config.state_dir)
+        context = client_context(config, name, http)
         target = client_type.open(context)
         try:
             for event in sample_test_events() if samples else test_button_events():

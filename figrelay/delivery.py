@@ -11,6 +11,7 @@ import email.utils
 import ipaddress
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -145,12 +146,25 @@ class ClientContext:
     """What figrelay hands a client type when it opens a target."""
 
     name: str
+    """The client's ``name:`` in the configuration."""
     options: Any
     """The validated instance of the client type's ``options`` model."""
     http: aiohttp.ClientSession
     """The process-wide HTTP session: share it, do not close it."""
     logger: logging.Logger
+    """A logger for this client (``figrelay.client.<name>``)."""
     state_dir: Path
+    """The folder where figrelay keeps its SQLite outbox (``state_dir:``), absolute; unused with ``storage:``."""
+    config_dir: Path = Path(".")
+    """The folder of the configuration file, absolute: a relative path in an option means a path
+    from here (see ``resolve_path``). The default, the current folder, is for a plugin's tests
+    that build a context themselves."""
+
+    def resolve_path(self, path: str | os.PathLike[str]) -> Path:
+        """A path option as the user meant it: ``~`` expanded, and a relative path taken from the
+        configuration file's folder rather than the daemon's working folder."""
+        resolved = Path(os.path.expanduser(os.fspath(path)))
+        return resolved if resolved.is_absolute() else self.config_dir / resolved
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +198,8 @@ class ClientType:
 
 # --- shared retry rules -----------------------------------------------------------------------
 
-RETRYABLE_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
+RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 425, 429}) | frozenset(range(500, 600))
+"""The HTTP statuses worth retrying (DELIVERY.md): 408, 425, 429 and every 5xx."""
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -30,9 +30,9 @@ import aiohttp
 
 from .auth import SecretChecker
 from .config import Config, ConfigError, Problem, load_config
-from .delivery import ClientContext, Target
+from .delivery import Target
 from .durations import parse_duration
-from .plugins import PluginRegistry
+from .plugins import PluginRegistry, client_context
 from .rules import Rules
 from .wording import plural
 
@@ -174,13 +174,7 @@ class ConfigHolder:
                 targets[name] = old.targets[name]
                 continue
             client_type = self.registry.client_types[client.type]
-            context = ClientContext(
-                name=name,
-                options=client.options,
-                http=self.http,
-                logger=logging.getLogger(f"figrelay.client.{name}"),
-                state_dir=config.state_dir,
-            )
+            context = client_context(config, name, self.http)
             try:
                 targets[name] = client_type.open(context)
             except Exception as exc:

@@ -11,8 +11,9 @@ type), ``message`` (the default message: ``message.title``, ``message.text``, ``
 from __future__ import annotations
 
 import functools
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,21 @@ log = logging.getLogger("figrelay.templates")
 _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
 
 
+def _dumps(value: Any, **kwargs: Any) -> str:
+    """``tojson``'s serialiser: an undefined name fails as it does elsewhere ("'Statsu' is
+    undefined") rather than as "Object of type StrictUndefined is not JSON serializable"."""
+
+    def strict(item: Any) -> Any:
+        if isinstance(item, jinja2.Undefined):
+            item._fail_with_undefined_error()
+        raise TypeError(f"a {type(item).__name__} cannot be written as JSON; give tojson texts, numbers, lists or mappings (message.title, not message)")
+
+    return json.dumps(value, default=strict, **kwargs)
+
+
+_ENV.policies["json.dumps_function"] = _dumps
+
+
 class TemplateError(ValueError):
     """A template that does not compile or does not render against a sample event."""
 
@@ -41,16 +57,19 @@ def compile_template(source: str) -> jinja2.Template:
         raise TemplateError(f"template syntax error on its line {exc.lineno}: {exc.message}") from None
 
 
-def context(event: FigEvent, message: Message) -> dict[str, Any]:
+def context(event: FigEvent, message: Message, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a template sees. ``extra`` adds names for one kind of template (the http type's
+    ``body`` adds ``delivery``); the names above stay the same everywhere."""
     wire = event.to_wire()
-    return {**wire, "event": wire, "route": event.route, "message": message, "severity": message.severity.value, "is_test": event.test}
+    names = {**wire, "event": wire, "route": event.route, "message": message, "severity": message.severity.value, "is_test": event.test}
+    return {**names, **extra} if extra else names
 
 
-def render_template(source: str, event: FigEvent, message: Message) -> str:
-    """Render one template for one event. Raises TemplateError."""
+def render_template(source: str, event: FigEvent, message: Message, extra: Mapping[str, Any] | None = None) -> str:
+    """Render one template for one event (``extra``: see ``context``). Raises TemplateError."""
     template = compile_template(source)
     try:
-        return template.render(context(event, message)).strip()
+        return template.render(context(event, message, extra)).strip()
     except jinja2.TemplateError as exc:
         raise TemplateError(f"{type(exc).__name__}: {exc}") from None
     except Exception as exc:  # a filter applied to the wrong type, a division by zero ...

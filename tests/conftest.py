@@ -3,27 +3,20 @@ real PostgreSQL server."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
-import re
 import shutil
-import signal
-import sys
 import tempfile
-import textwrap
-import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from figrelay.testing import Receiver, http_receiver
+# the suite imports these from conftest (``from conftest import Daemon, wait_until``): re-exported
+from figrelay.testing import FAST_DELIVERY, Daemon, DaemonFactory, Receiver, ReceiverFactory, http_receiver, wait_until, write_config  # noqa: F401
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fig"
 REPO = Path(__file__).resolve().parent.parent
@@ -46,163 +39,28 @@ def event(route: str, **fields: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-# --- a real HTTP receiver ---------------------------------------------------------------------
+# --- a real HTTP receiver, a real daemon: figrelay's test kit ----------------------------------
+# figrelay.testing (a pytest plugin, registered through the pytest11 entry point) holds the one
+# implementation; the suite's own names for its fixtures follow.
 
 
 @pytest.fixture
-async def receiver_factory() -> AsyncIterator[Callable[[], Any]]:
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def make(port: int = 0) -> Receiver:
-            return await stack.enter_async_context(http_receiver(port=port))
-
-        yield make
+def receiver_factory(recording_receiver_factory: ReceiverFactory) -> ReceiverFactory:
+    """``await receiver_factory()``: another recording receiver (figrelay.testing's ``recording_receiver_factory``)."""
+    return recording_receiver_factory
 
 
 @pytest.fixture
-async def receiver(receiver_factory: Callable[[], Any]) -> Receiver:
-    return await receiver_factory()
-
-
-# --- a real daemon ----------------------------------------------------------------------------
-
-
-class Daemon:
-    """``figrelay run`` as a child process, its log captured line by line."""
-
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
-        self.config_path = config_path
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc: asyncio.subprocess.Process | None = None
-        self.lines: list[str] = []
-        self.url = ""
-        self._reader: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self, expect_ready: bool = True) -> Daemon:
-        mark = len(self.lines)
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "figrelay", "run", "--config", str(self.config_path), "--log-level", "debug",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
-        )
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-        if expect_ready:
-            match = await self.wait_for_log(r"listening on (http://\S+)", start=mark)
-            self.url = match.group(1)
-            await self.wait_for_log(r"ready in", start=mark)
-        return self
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
-            self.lines.append(line.decode("utf-8", "replace").rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    async def wait_for_log(self, pattern: str, timeout: float = 15.0, start: int = 0) -> re.Match[str]:
-        """The first log line (from line ``start`` on) matching ``pattern``."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.lines[start:]:
-                if m := regex.search(line):
-                    return m
-            if self.proc is not None and self.proc.returncode is not None and self._reader and self._reader.done():
-                raise AssertionError(f"figrelay exited ({self.proc.returncode}) before logging {pattern!r}:\n{self.log}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for log {pattern!r}:\n{self.log}")
-            await asyncio.sleep(0.01)
-
-    async def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        headers = {"Content-Type": "application/json; charset=utf-8", **(headers or {})}
-        async with self._session.request(method, self.url + path, data=body, headers=headers) as resp:
-            text = await resp.text()
-            try:
-                payload = json.loads(text)
-            except json.JSONDecodeError:
-                payload = text
-            return resp.status, payload, resp.headers
-
-    async def post(self, route: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        status, payload, _ = await self.request("POST", "/" + route, body, headers)
-        return status, payload
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def wait(self, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        if self._reader:
-            await self._reader
-        return code
-
-    async def stop(self) -> int:
-        if self.proc is None or self.proc.returncode is not None:
-            return self.proc.returncode if self.proc else 0
-        self.signal(signal.SIGTERM)
-        return await self.wait()
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        await self.wait()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-
-def write_config(path: Path, text: str) -> Path:
-    """Write a config atomically (like an editor that renames over the old file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(textwrap.dedent(text))
-    os.replace(tmp, path)
-    return path
-
-
-FAST_DELIVERY = """
-delivery:
-  backoff_base: 0.05s
-  backoff_max: 0.5s
-  attempt_timeout: 5s
-  shutdown_timeout: 2s
-"""
+def receiver(recording_receiver: Receiver) -> Receiver:
+    """A recording receiver (figrelay.testing's ``recording_receiver``)."""
+    return recording_receiver
 
 
 @pytest.fixture
-async def daemon_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    daemons: list[Daemon] = []
-
-    async def make(config: str, env: dict[str, str] | None = None, start: bool = True, name: str = "figrelay.yaml") -> Daemon:
-        path = write_config(tmp_path / name, config)
-        d = Daemon(path, env)
-        daemons.append(d)
-        if start:
-            await d.start()
-        return d
-
-    yield make
-    for d in daemons:
-        await d.close()
+def daemon_factory(figrelay_daemon: DaemonFactory) -> DaemonFactory:
+    """``await daemon_factory(config_text, env=None, start=True, name="figrelay.yaml")``: a real
+    daemon on ``tmp_path`` (figrelay.testing's ``figrelay_daemon``)."""
+    return figrelay_daemon
 
 
 # --- a journal to query (tests/journal_helpers.py fills it) ------------------------------------

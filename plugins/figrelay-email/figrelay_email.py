@@ -46,6 +46,8 @@ from figrelay.hookspecs import hookimpl
 from figrelay.messages import Message, describe
 from figrelay.templates import TemplateError, check_template, render_template
 
+FIGRELAY_PLUGIN_API = 1  # the figrelay plugin API versions this plugin works with (docs/plugins.md)
+
 DELIVERY_ID_HEADER = "X-Figrelay-Delivery"
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 MAX_SUBJECT = 250
@@ -113,12 +115,18 @@ class EmailOptions(ClientOptions):
     port: int | None = Field(default=None, ge=1, le=65535)
     """Defaults by ``security``: 587 for starttls, 465 for tls, 25 for none."""
     security: Security = "starttls"
+    """``starttls`` (upgrade a plain connection, refusing to send without it), ``tls`` (implicit TLS,
+    port 465) or ``none``."""
     username: str | None = None
+    """The SMTP login; set with ``password``, or leave both out."""
     password: SecretStr | None = None
+    """The SMTP password (a credential: ``${SMTP_PASSWORD}``)."""
     from_: str = Field(alias="from")
     """The sender: ``fig@example.com`` or ``Fig Alerts <fig@example.com>``."""
     to: tuple[str, ...]
+    """The recipients: one address, or a list of them."""
     cc: tuple[str, ...] = ()
+    """Recipients shown in the Cc header."""
     bcc: tuple[str, ...] = ()
     """Recipients who get the mail without appearing in any header."""
     ca_file: str | None = None
@@ -142,7 +150,8 @@ class EmailOptions(ClientOptions):
             raise ValueError("must not include the port: set port: separately")
         return v
 
-    @field_validator("to", "cc", "bcc", mode="before")
+    # one address alone is taken too, as `figrelay schema` tells an editor
+    @field_validator("to", "cc", "bcc", mode="before", json_schema_input_type=str | tuple[str, ...])
     @classmethod
     def _one_or_list(cls, v: Any) -> Any:
         return (v,) if isinstance(v, str) else v

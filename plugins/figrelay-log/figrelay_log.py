@@ -20,10 +20,14 @@ from typing import Any, Literal
 from figrelay.delivery import ClientContext, ClientOptions, ClientType, Delivered, Delivery, Outcome
 from figrelay.hookspecs import hookimpl
 
+FIGRELAY_PLUGIN_API = 1  # the figrelay plugin API versions this plugin works with (docs/plugins.md)
+
 
 class LogOptions(ClientOptions):
     format: Literal["summary", "json"] = "summary"
+    """``summary``: one readable line; ``json``: the exact relayed body."""
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """The log level to write at."""
 
 
 def summarise(delivery: Delivery) -> str:

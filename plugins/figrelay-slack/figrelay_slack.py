@@ -55,6 +55,8 @@ from figrelay.durations import Timeout
 from figrelay.hookspecs import hookimpl
 from figrelay.messages import MAX_DIGEST_LINES, Fact, Message, describe
 
+FIGRELAY_PLUGIN_API = 1  # the figrelay plugin API versions this plugin works with (docs/plugins.md)
+
 DEFAULT_API_URL = "https://slack.com/api/"
 TOKEN_PREFIXES = ("xoxb-", "xoxp-")
 
@@ -135,8 +137,11 @@ class SlackOptions(ClientOptions):
     api_url: str = DEFAULT_API_URL
     """Bot-token mode: Slack's Web API base; messages go to ``<api_url>chat.postMessage``."""
     username: str | None = None
+    """The name messages show as sender (1 to 80 characters), where the app may override it."""
     icon_emoji: str | None = None
+    """The sender's icon, an emoji name between colons such as ``:gear:``."""
     timeout: Timeout = 10.0
+    """How long one request to Slack may take (at most 10m)."""
 
     @field_validator("webhook_url", "token", mode="before")
     @classmethod

@@ -46,6 +46,8 @@ from figrelay.durations import Timeout
 from figrelay.hookspecs import hookimpl
 from figrelay.messages import MAX_DIGEST_LINES, Message, Severity, describe
 
+FIGRELAY_PLUGIN_API = 1  # the figrelay plugin API versions this plugin works with (docs/plugins.md)
+
 # Teams refuses a message over 28 KB. The body is measured as sent (compact JSON with every
 # non-ASCII character escaped, the largest form the flow could re-serialise it to) and kept
 # under 27,000 bytes, which leaves headroom under either reading of "28 KB".
@@ -92,6 +94,7 @@ class TeamsOptions(ClientOptions):
     """``adaptive`` (an Adaptive Card 1.4), or ``messagecard`` (the legacy MessageCard JSON, for a
     flow built to expect it)."""
     timeout: Timeout = 10.0
+    """How long one request to the workflow may take (at most 10m)."""
 
     @field_validator("webhook_url")
     @classmethod

@@ -517,7 +517,7 @@ async def long_run(bench: Bench) -> None:
     say(table(["events", "minutes", "accepted/s", "delivered/s", "RSS MB", "peak RSS MB", "store MB", "journal MB", "pending",
                "non-200 / socket errors"], rows))
     say("store: outbox.sqlite3 with its -wal (and -shm); journal: figrelay_journal_bytes (journal.max_bytes bounds it: 256 MB by default,\n"
-        "pruned once a minute); pending: deliveries in the outbox when sampled\n")
+        "measured every 5 s and pruned when past it); pending: deliveries in the outbox when sampled\n")
     if last is not None:
         bench.found[f"RSS MB after {total:,} events"] = last.rss_mb
         bench.found[f"store MB after {total:,} events"] = last.store_mb

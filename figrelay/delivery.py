@@ -42,6 +42,7 @@ __all__ = [
     "parse_retry_after",
     "redact_url",
     "body_excerpt",
+    "read_capped",
     "check_https_url",
     "is_loopback_host",
 ]
@@ -220,6 +221,20 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int = 64 * 1024) -> bytes:
+    """At most ``limit`` bytes of a response's body: enough for a reason or an error to read,
+    whatever a misbehaving target sends."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def body_excerpt(body: bytes | str, limit: int = 200) -> str:

@@ -28,6 +28,16 @@ def figrelay(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpro
     )
 
 
+def install_privately(folder: Path, site: Path) -> None:
+    """``pip install`` the plugin in ``folder`` into ``site`` alone, offline."""
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--no-cache-dir",
+         "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), str(folder)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+
+
 def docs_output() -> str:
     """The output docs/plugins.md shows for `figrelay new-plugin pager`."""
     text = (REPO / "docs" / "plugins.md").read_text()
@@ -54,12 +64,7 @@ def test_a_generated_plugin_installs_loads_and_passes_its_own_tests(tmp_path: Pa
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
     site = tmp_path / "site"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--no-cache-dir",
-         "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), str(folder)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stdout + install.stderr
+    install_privately(folder, site)
     private = {"PYTHONPATH": str(site)}
 
     listed = figrelay("plugins", cwd=tmp_path, env=private)
@@ -133,12 +138,7 @@ def test_the_guides_smallest_plugin_installs_and_loads_as_shown(tmp_path: Path) 
     (folder / "pyproject.toml").write_text(toml)
     (folder / "figrelay_pager.py").write_text(module)
     site = tmp_path / "site"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--no-cache-dir",
-         "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), str(folder)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stdout + install.stderr
+    install_privately(folder, site)
     private = {"PYTHONPATH": str(site), "PAGER_KEY": "0123456789abcdef0123456789abcdef"}
     listed = figrelay("plugins", cwd=tmp_path, env=private)
     assert listed.returncode == 0, listed.stdout + listed.stderr

@@ -84,6 +84,7 @@ from figrelay.delivery import (
     body_excerpt,
     check_https_url,
     parse_retry_after,
+    read_capped,
 )
 from figrelay.durations import Timeout
 from figrelay.events import (
@@ -666,7 +667,7 @@ class PagerDutyTarget:
         body = json.dumps(event, ensure_ascii=False).encode("utf-8", "surrogatepass")
         try:
             async with self._http.post(url, data=body, headers=self._headers, timeout=self._timeout, allow_redirects=False) as response:
-                answer = await _read_capped(response, MAX_RESPONSE)
+                answer = await read_capped(response, MAX_RESPONSE)
                 return answer_outcome(response.status, response.headers, answer, url)
         except TimeoutError:
             return Retry(f"no answer from {url} within {self._options.timeout:g}s")
@@ -688,18 +689,6 @@ class PagerDutyTarget:
 
     async def aclose(self) -> None:
         return None
-
-
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await response.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 @hookimpl

@@ -49,6 +49,7 @@ from figrelay.delivery import (
     body_excerpt,
     check_https_url,
     parse_retry_after,
+    read_capped,
     redact_url,
 )
 from figrelay.durations import Timeout
@@ -468,7 +469,7 @@ class SlackTarget:
         body = json.dumps(self.payload(message), ensure_ascii=False).encode("utf-8")
         try:
             async with self._http.post(self._url, data=body, headers=self._headers, timeout=self._timeout, allow_redirects=False) as response:
-                answer = await _read_capped(response, MAX_RESPONSE)
+                answer = await read_capped(response, MAX_RESPONSE)
                 outcome = self._outcome(response.status, response.headers, answer)
         except TimeoutError:
             outcome = Retry(f"no answer from {self._where} within {self._options.timeout:g}s")
@@ -489,18 +490,6 @@ class SlackTarget:
 
     async def aclose(self) -> None:
         return None
-
-
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await response.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 @hookimpl

@@ -4,7 +4,6 @@ PagerDuty: Fig's events in, PagerDuty incidents opened and closed, across a rest
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,13 +23,10 @@ async def fake_pagerduty() -> AsyncIterator[FakePagerDuty]:
 
 
 @pytest.fixture
-async def daemons(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
-    """Real ``figrelay run`` processes in tmp_path, the routing key in their environment."""
-    factory = DaemonFactory(tmp_path, env={"PAGERDUTY_ROUTING_KEY": ROUTING_KEY})
-    try:
-        yield factory
-    finally:
-        await factory.aclose()
+def daemons(figrelay_daemon: DaemonFactory, monkeypatch: pytest.MonkeyPatch) -> DaemonFactory:
+    """The kit's real ``figrelay run`` processes, the routing key in their environment."""
+    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY", ROUTING_KEY)
+    return figrelay_daemon
 
 
 def oncall_config(api_url: str, hooks: list[dict[str, Any]], **options: Any) -> str:

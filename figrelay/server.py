@@ -213,11 +213,15 @@ async def _read_limited(request: web.Request, limit: int, timeout: float) -> byt
     """The body, or None when it is longer than ``limit`` bytes. Raises BodyNotReceived when it
     takes more than ``timeout`` seconds in all (a Content-Length longer than the body ends so)
     or the client leaves; json_errors logs the refusal, without a traceback."""
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         return None
+    if request.content.is_eof():  # the whole body came with the headers, as a small event does: no wait, no timer
+        body = request.content.read_nowait()
+        return body if len(body) <= limit else None
     chunks: list[bytes] = []
     size = 0
-    expected = "?" if request.content_length is None else str(request.content_length)
+    expected = "?" if length is None else str(length)
     try:
         async with asyncio.timeout(timeout):
             while True:

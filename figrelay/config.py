@@ -1001,7 +1001,9 @@ def parse_config(text: str, path: Path, registry: PluginRegistry, out: _Collecto
             # options with a value left unresolved (need_credentials=False) cannot be validated, and
             # the command that loaded them does not use them
             if not any(p[:2] == cpath for p, _ in out.unresolved):
-                options = client_type.options.model_validate({k: v for k, v in raw.items() if k not in CORE_CLIENT_KEYS})
+                options = client_type.options.model_validate(
+                    {k: v for k, v in raw.items() if k not in CORE_CLIENT_KEYS}, context={"config_dir": base_dir},
+                )
         except ValidationError as exc:
             _pydantic_problems(exc, cpath, client_type.options, out)
             continue

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import math
 import os
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo
 
 if TYPE_CHECKING:
     import aiohttp
@@ -43,6 +44,8 @@ __all__ = [
     "redact_url",
     "body_excerpt",
     "read_capped",
+    "option_path",
+    "check_ca_file",
     "check_https_url",
     "is_loopback_host",
 ]
@@ -221,6 +224,31 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)
+
+
+def option_path(value: str, info: ValidationInfo) -> Path:
+    """For a pydantic validator of a path option: the path as the user meant it, ``~`` expanded and
+    a relative path taken from the configuration file's folder, which figrelay passes in the
+    validation context (``info.context["config_dir"]``; the current folder when a plugin's own
+    test validates the options without it). Return it from the validator (as ``str`` if the
+    field is one) so that the target opens the same file the check found."""
+    context = info.context if isinstance(info.context, Mapping) else {}
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else Path(context.get("config_dir", ".")).resolve() / path
+
+
+def check_ca_file(value: str, info: ValidationInfo) -> str:
+    """For a pydantic validator of a CA bundle option (``ca_file``): the bundle's absolute path
+    (found as ``option_path`` finds it), after loading it once to check that it is a readable PEM
+    bundle. Raises ValueError saying which file and what is wrong with it."""
+    path = option_path(value, info)
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file (a relative path is taken from the configuration file's folder)") from None
+    except OSError as exc:  # ssl.SSLError included
+        raise ValueError(f"{path}: not a readable PEM certificate bundle ({exc.strerror or exc})") from None
+    return str(path)
 
 
 async def read_capped(response: aiohttp.ClientResponse, limit: int = 64 * 1024) -> bytes:

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import wait_until
 from figrelay import PLUGIN_API, __version__
-from figrelay.config import load_config
+from figrelay.config import ConfigError, load_config
 from figrelay.delivery import ClientOptions, ClientType, Delivered
 from figrelay.hookspecs import hookimpl
 from figrelay.plugins import client_context, load_plugins
@@ -320,6 +320,29 @@ def test_the_context_knows_the_configuration_folder(tmp_path):
     assert context.resolve_path("out.jsonl") == conf.resolve() / "out.jsonl"
     assert context.resolve_path("/srv/out.jsonl") == Path("/srv/out.jsonl")
     assert context.resolve_path("~/out.jsonl") == Path.home() / "out.jsonl"
+
+
+def test_a_relative_ca_file_is_found_from_the_configuration_folder(tmp_path, monkeypatch):
+    # the http and email types' ca_file, checked at load (figrelay check) and opened at run time:
+    # both take a relative path from the config's folder, not from wherever figrelay runs
+    conf, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    conf.mkdir()
+    elsewhere.mkdir()
+    (conf / "ca.pem").write_bytes(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes())
+    path = conf / "figrelay.yaml"
+    clients = (
+        "  - {name: siem, type: http, base_uri: 'https://siem.example.com/', ca_file: ca.pem}\n"
+        "  - {name: mail, type: email, host: smtp.example.com, from: relay@example.com, to: [ops@example.com], ca_file: ca.pem}\n"
+    )
+    path.write_text(f"intake:\n  secret: s3cret\nclients:\n{clients}hooks:\n  - {{event: SecurityEvent, client: siem}}\n")
+    monkeypatch.chdir(elsewhere)
+    config = load_config(path, load_plugins())
+    assert config.clients["siem"].options.ca_file == config.clients["mail"].options.ca_file == str(conf.resolve() / "ca.pem")
+
+    path.write_text(path.read_text().replace("ca_file: ca.pem}", "ca_file: missing.pem}"))
+    with pytest.raises(ConfigError) as failed:
+        load_config(path, load_plugins())
+    assert any(f"clients[0].ca_file: {conf.resolve() / 'missing.pem'}: no such file" in str(p) for p in failed.value.problems), failed.value.problems
 
 
 def test_a_context_built_by_a_plugins_own_tests_still_works():

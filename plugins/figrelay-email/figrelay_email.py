@@ -38,9 +38,9 @@ from email.message import EmailMessage
 from typing import Any, Literal
 
 import aiosmtplib
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from figrelay.delivery import ClientContext, ClientOptions, ClientType, Delivered, Delivery, Failed, Outcome, Retry, body_excerpt
+from figrelay.delivery import ClientContext, ClientOptions, ClientType, Delivered, Delivery, Failed, Outcome, Retry, body_excerpt, check_ca_file
 from figrelay.durations import Duration, Timeout
 from figrelay.hookspecs import hookimpl
 from figrelay.messages import Message, describe
@@ -190,16 +190,8 @@ class EmailOptions(ClientOptions):
 
     @field_validator("ca_file")
     @classmethod
-    def _ca_file(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            ssl.create_default_context(cafile=v)
-        except FileNotFoundError:
-            raise ValueError(f"{v}: no such file") from None
-        except OSError as exc:  # ssl.SSLError included
-            raise ValueError(f"{v}: not a readable PEM certificate bundle ({exc.strerror or exc})") from None
-        return v
+    def _ca_file(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else check_ca_file(v, info)
 
     @field_validator("subject")
     @classmethod

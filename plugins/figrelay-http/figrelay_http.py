@@ -49,6 +49,7 @@ from figrelay.delivery import (
     Failed,
     Outcome,
     Retry,
+    check_ca_file,
     outcome_for_status,
     redact_url,
 )
@@ -108,6 +109,11 @@ class HttpOptions(ClientOptions):
     """A ``whsec_``-prefixed base64 key: adds Standard Webhooks ``webhook-*`` signature headers."""
     ca_file: str | None = None
     """A PEM bundle to trust instead of the system's certificate authorities."""
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else check_ca_file(v, info)
 
     @field_validator("base_uri")
     @classmethod

@@ -15,7 +15,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 
 import aiohttp
@@ -23,7 +23,7 @@ import aiohttp
 from . import __version__
 from .config import ConfigError, Listener
 from .connections import KEEPALIVE_TIMEOUT, ConnectionGate, IntakeSite
-from .dispatch import ClientRoute, Dispatcher, Routing
+from .dispatch import LANE_MEMORY, ClientRoute, Dispatcher, Routing
 from .intake import Intake
 from .lanes import LaneKeeper
 from .logs import redactor
@@ -95,9 +95,21 @@ async def _watch_outbox(outbox: Outbox, dispatcher: Dispatcher, every: float = 1
             if now == version:
                 continue
             version = now
-            dispatcher.schedule(await outbox.pending_in_order())
+            await _schedule_waiting(outbox, dispatcher)
         except Exception as exc:
             log.error("cannot check the outbox for outside changes: %s", exc)
+
+
+async def _schedule_waiting(outbox: Store, dispatcher: Dispatcher, clients: Iterable[str] | None = None) -> dict[str, int]:
+    """Hand the dispatcher the oldest pending deliveries of each client (of ``clients``), at most
+    LANE_MEMORY of each: it reads the rest back as its lanes drain. Returns the number pending
+    for each client that has some."""
+    wanted = None if clients is None else set(clients)
+    counts = {c: pending for c, (pending, _, _) in (await outbox.stats()).items() if pending and (wanted is None or c in wanted)}
+    for client, pending in counts.items():
+        rows = await outbox.pending_in_order(client, limit=LANE_MEMORY)
+        dispatcher.schedule(rows, more=len(rows) < pending)
+    return counts
 
 
 async def _expire_waiting(outbox: Store, holder: ConfigHolder, every: float = 60.0) -> None:
@@ -290,11 +302,8 @@ async def serve(
                 keeper = LaneKeeper(outbox, dispatcher, lambda: holder.current.config.clients, metrics)
 
             async def resume_returned(clients: list[str]) -> None:
-                for client in clients:
-                    rows = await outbox.pending_in_order(client)
-                    if rows:
-                        log.info("client %s is configured again: resuming its waiting %s", client, plural(len(rows), "delivery", "deliveries"))
-                        dispatcher.schedule(rows)
+                for client, pending in (await _schedule_waiting(outbox, dispatcher, clients)).items():
+                    log.info("client %s is configured again: resuming its waiting %s", client, plural(pending, "delivery", "deliveries"))
 
             def on_swap(new: LiveConfig, old: LiveConfig | None, removed: tuple[str, ...]) -> None:
                 dispatcher.set_routing(routing_of(new))
@@ -315,11 +324,10 @@ async def serve(
                 dispatcher.restore_health(await outbox.client_health())
                 if keeper is not None:
                     return
-                pending = await outbox.pending_in_order()
-                dispatcher.schedule(pending)
-                waiting = sorted({client for _, client, _ in pending if client not in config.clients})
+                pending = await _schedule_waiting(outbox, dispatcher)
+                waiting = sorted(client for client in pending if client not in config.clients)
                 if pending:
-                    log.info("resuming %s", plural(sum(1 for p in pending if p[1] in config.clients), "pending delivery", "pending deliveries"))
+                    log.info("resuming %s", plural(sum(n for c, n in pending.items() if c in config.clients), "pending delivery", "pending deliveries"))
                 if waiting:
                     log.warning("deliveries of clients not in the configuration wait for them: %s", ", ".join(waiting))
 

@@ -64,6 +64,11 @@ Each costs about 3 KB (the row and its parsed event): 10,000 held 25 MB more at 
 mark of a long burst, for no throughput the bench could measure."""
 MAX_FETCH = 500
 """Rows read from the outbox at once for one lane."""
+LANE_MEMORY = 10_000
+"""Pending deliveries one lane keeps in memory at most (about 360 bytes each: its order heap and
+index). Past it, new ones wait in the store alone, and the lane reads the oldest back as it
+drains (``Store.pending_in_order(client, limit)``), so a long outage's backlog costs disk, not
+memory."""
 
 RETRY_AFTER_CAP = 3600.0
 """The longest Retry-After honoured (a larger one is taken as this), unless backoff_max is longer."""
@@ -150,6 +155,10 @@ class _Lane:
     task: asyncio.Task[None] | None = None
     last_active: float = 0.0
     """When the lane last had a row or a send (the dispatcher's clock)."""
+    spilled: bool = False
+    """Pending deliveries of this client wait in the store beyond what the lane holds (LANE_MEMORY)."""
+    refilling: bool = False
+    refill_after: float = 0.0
 
     @property
     def is_open(self) -> bool:
@@ -165,8 +174,10 @@ class Dispatcher:
         clock: Clock = time.time,
         store_retry: tuple[float, float] = (0.2, 30.0),
         owns: Callable[[str], bool] | None = None,
+        lane_memory: int = LANE_MEMORY,
     ) -> None:
         self._outbox = outbox
+        self._lane_memory = lane_memory
         self._owns = owns or (lambda client: True)
         """Whether this process may send to a client now: always, alone on its store; with several
         replicas, while it holds the client's lane (figrelay.lanes)."""
@@ -186,17 +197,27 @@ class Dispatcher:
 
     # --- feeding --------------------------------------------------------------------------------
 
-    def schedule(self, items: Iterable[tuple[str, str, float]], loaded: Mapping[str, tuple[NewDelivery, FigEvent]] | None = None) -> None:
+    def schedule(
+        self, items: Iterable[tuple[str, str, float]], loaded: Mapping[str, tuple[NewDelivery, FigEvent]] | None = None, *, more: bool = False,
+    ) -> None:
         """Queue (id, client, created_at) for delivery, in the order given for equal times; ids
         already in the lane, clients not configured now (their rows wait), and clients whose lane
         another replica holds, are ignored. ``loaded``: the intake's own just-stored rows and
-        their events, kept (up to PRELOAD_MAX) so that sending them needs no read and no parse."""
+        their events, kept (up to PRELOAD_MAX) so that sending them needs no read and no parse.
+        A lane holding LANE_MEMORY ids takes no more: the rest stay in the store, read back as
+        the lane drains. ``more``: the items are the oldest of their clients' pending rows, and
+        the store holds more of them (a read with a limit)."""
         clients = self._routing.clients
+        given: set[str] = set()
         for delivery_id, client, created_at in items:
             if client not in clients or not self._owns(client):
                 continue
             lane = self._lane(client)
+            given.add(client)
             if delivery_id in lane.known:
+                continue
+            if len(lane.known) >= self._lane_memory:
+                lane.spilled = True  # it stays pending in the store; _refill reads it back in its turn
                 continue
             if loaded is not None and delivery_id in loaded and len(self._loaded) < PRELOAD_MAX:
                 new, event = loaded[delivery_id]
@@ -207,6 +228,9 @@ class Dispatcher:
             lane.last_active = self._clock()
             heapq.heappush(lane.heap, (*key, delivery_id))
             lane.wake.set()
+        if more:
+            for client in given:
+                self._lanes[client].spilled = True
 
     def set_routing(self, routing: Routing) -> None:
         """Take a new configuration: lanes of removed clients stop and forget their rows (which
@@ -312,6 +336,14 @@ class Dispatcher:
         limit = 1 if lane.is_open else route.max_in_flight  # an open circuit sends one probe at a time
         waiting = lane.paused_until > now
 
+        # deliveries waiting in the store beyond LANE_MEMORY: read the oldest back once half are gone
+        if lane.spilled and not lane.refilling and len(lane.known) <= self._lane_memory // 2:
+            if lane.refill_after <= now:
+                lane.spilled, lane.refilling = False, True
+                self._spawn(self._refill(lane))
+            else:
+                wake_at.append(lane.refill_after)
+
         # 0. while the client fails, deliveries waiting behind it still expire by max_age
         if lane.failures and lane.heap and lane.heap[0][0] + settings.max_age < now:
             self._expire_waiting(lane, now, settings)
@@ -400,6 +432,20 @@ class Dispatcher:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _refill(self, lane: _Lane) -> None:
+        """Read back the oldest pending deliveries of a lane that spilled (those it holds already
+        are skipped by ``schedule``); they take their place in the lane by their age."""
+        try:
+            rows = await self._outbox.pending_in_order(lane.client, limit=self._lane_memory)
+        except Exception as exc:
+            log.error("cannot read the waiting deliveries of %s from the outbox: %s; trying again in 5s", lane.client, exc)
+            lane.spilled, lane.refill_after = True, self._clock() + 5
+            return
+        finally:
+            lane.refilling = False
+            lane.wake.set()
+        self.schedule(rows, more=len(rows) >= self._lane_memory)
 
     async def _fetch(self, lane: _Lane, ids: list[str]) -> None:
         rows: dict[str, StoredDelivery] = {}

@@ -351,6 +351,72 @@ async def test_order_is_kept_across_a_restart(tmp_path):
     await box.close()
 
 
+class HoldCounter(Recorder):
+    """Records, at each send, how many deliveries the lane holds in memory (its order index)."""
+
+    def __init__(self, *outcomes: Outcome) -> None:
+        super().__init__(*outcomes)
+        self.dispatcher: Dispatcher | None = None
+        self.held: list[int] = []
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        assert self.dispatcher is not None
+        self.held.append(len(self.dispatcher._lanes[delivery.client].known))  # the lane's in-memory index
+        return await super().deliver(delivery)
+
+
+async def test_a_backlog_beyond_a_lanes_memory_waits_in_the_store_and_goes_in_order(outbox):
+    # the lane holds 10 deliveries at most; the other 25 stay in the outbox alone and are read
+    # back, oldest first, as the lane drains: the receiver gets all 35, in the order accepted
+    target = HoldCounter()
+    dispatcher = Dispatcher(outbox, Routing(SETTINGS, {"chat": ClientRoute(target, max_in_flight=1)}, {0: hook(0)}), lane_memory=10)
+    target.dispatcher = dispatcher
+    body = sample_events("SettingValueChanged")[0].to_json()
+    rows = [NewDelivery(f"d{i:03d}", "chat", "SettingValueChanged", body, 0, 1000.0 + i) for i in range(35)]
+    await outbox.accept(rows)
+    dispatcher.schedule((r.id, r.client, r.created_at) for r in rows)
+    await wait_until(lambda: len(target.sent) == 35, what="all 35 sent")
+    assert [d.id for _, d in target.sent] == [r.id for r in rows]
+    assert max(target.held) <= 10, target.held
+    await _drained(outbox)
+    await run(dispatcher)
+
+
+async def test_a_spilled_backlog_keeps_its_order_across_retries(outbox):
+    outcomes = [Retry("HTTP 503"), Delivered(), Delivered(), Retry("timeout"), Delivered()] * 10
+    target = HoldCounter(*outcomes)
+    settings = DeliverySettings(backoff_base=0.002, backoff_max=0.005)
+    dispatcher = Dispatcher(outbox, Routing(settings, {"chat": ClientRoute(target, max_in_flight=1)}, {0: hook(0)}), lane_memory=6)
+    target.dispatcher = dispatcher
+    ids = await accept_at(outbox, dispatcher, time.time(), 30)
+    await _drained(outbox)
+    scripted = list(outcomes)
+    delivered = [d.id for _, d in target.sent if isinstance(scripted.pop(0) if scripted else Delivered(), Delivered)]
+    assert delivered == ids
+    assert max(target.held) <= 6
+    await run(dispatcher)
+
+
+async def test_a_restart_with_a_large_backlog_reads_only_the_oldest_of_each_client(tmp_path):
+    from figrelay.daemon import _schedule_waiting
+
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    await box.open()
+    body = sample_events("SettingValueChanged")[0].to_json()
+    await box.accept([NewDelivery(f"{c}{i:03d}", c, "SettingValueChanged", body, 0, 1000.0 + i) for c in ("chat", "mail") for i in range(30)])
+    chat, mail = HoldCounter(), HoldCounter()
+    routes = {"chat": ClientRoute(chat, max_in_flight=2), "mail": ClientRoute(mail, max_in_flight=1)}
+    dispatcher = Dispatcher(box, Routing(SETTINGS, routes, {0: hook(0)}), lane_memory=8)
+    chat.dispatcher = mail.dispatcher = dispatcher
+    assert await _schedule_waiting(box, dispatcher) == {"chat": 30, "mail": 30}
+    await wait_until(lambda: len(chat.sent) == 30 and len(mail.sent) == 30, what="both backlogs drained")
+    assert [d.id for _, d in mail.sent] == [f"mail{i:03d}" for i in range(30)]
+    assert sorted(d.id for _, d in chat.sent) == [f"chat{i:03d}" for i in range(30)]
+    assert max(chat.held + mail.held) <= 8
+    await run(dispatcher)
+    await box.close()
+
+
 async def test_a_dead_letter_does_not_block_the_ones_behind_it(outbox):
     target = Recorder(Failed("HTTP 400: bad"), Delivered(), Failed("HTTP 404"), Delivered())
     dispatcher = Dispatcher(outbox, Routing(SETTINGS, {"chat": ClientRoute(target, max_in_flight=1)}, {0: hook(0)}))

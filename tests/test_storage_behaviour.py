@@ -334,6 +334,9 @@ async def test_pending_in_order_is_acceptance_order(opened_store: Backend) -> No
     ]
     assert await store.pending_in_order("siem") == [("d2", "siem", 1001.0), ("d3", "siem", 1001.0), ("d1", "siem", 1002.0)]
     assert await store.pending_in_order("nobody") == []
+    # the oldest so many (a lane reading back what it could not hold)
+    assert await store.pending_in_order("siem", limit=2) == [("d2", "siem", 1001.0), ("d3", "siem", 1001.0)]
+    assert len(await store.pending_in_order(limit=1)) == 1
 
 
 async def test_fetch_returns_the_stored_rows_and_leaves_out_the_missing(opened_store: Backend) -> None:

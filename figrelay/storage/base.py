@@ -177,8 +177,8 @@ class Store(Protocol):
 
     # --- the dispatcher
 
-    async def pending_in_order(self, client: str | None = None) -> list[tuple[str, str, float]]:
-        """(id, client, created_at) of every pending delivery (of one client) in acceptance order: the order they are sent in."""
+    async def pending_in_order(self, client: str | None = None, limit: int | None = None) -> list[tuple[str, str, float]]:
+        """(id, client, created_at) of every pending delivery (of one client; the oldest ``limit``) in acceptance order: the order they are sent in."""
         ...
 
     async def fetch(self, ids: Sequence[str]) -> dict[str, StoredDelivery]:

@@ -336,11 +336,15 @@ class PostgresStore:
 
     # --- the dispatcher -------------------------------------------------------------------------
 
-    async def pending_in_order(self, client: str | None = None) -> list[tuple[str, str, float]]:
+    async def pending_in_order(self, client: str | None = None, limit: int | None = None) -> list[tuple[str, str, float]]:
         async def read(conn: Any) -> list[Any]:
             if client is None:
-                return await conn.fetch("SELECT id, client, created_at FROM deliveries WHERE state = 'pending' ORDER BY created_at, seq")
-            return await conn.fetch("SELECT id, client, created_at FROM deliveries WHERE state = 'pending' AND client = $1 ORDER BY created_at, seq", client)
+                return await conn.fetch(
+                    "SELECT id, client, created_at FROM deliveries WHERE state = 'pending' ORDER BY created_at, seq LIMIT $1", limit,
+                )
+            return await conn.fetch(
+                "SELECT id, client, created_at FROM deliveries WHERE state = 'pending' AND client = $1 ORDER BY created_at, seq LIMIT $2", client, limit,
+            )
 
         return [(r[0], r[1], r[2]) for r in await self._with(read, write=False)]
 

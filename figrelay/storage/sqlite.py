@@ -796,18 +796,21 @@ class Outbox:
 
         await self._write(op)
 
-    async def pending_in_order(self, client: str | None = None) -> list[tuple[str, str, float]]:
+    async def pending_in_order(self, client: str | None = None, limit: int | None = None) -> list[tuple[str, str, float]]:
         """(id, client, created_at) of every pending delivery (of one client), in the order
-        the intake accepted them: the order the dispatcher sends them in."""
+        the intake accepted them: the order the dispatcher sends them in; ``limit``: the oldest
+        so many."""
+        tail = " LIMIT ?" if limit is not None else ""
+        extra = (limit,) if limit is not None else ()
 
         def read() -> list[tuple[str, str, float]]:
             assert self._conn is not None
             if client is None:
                 return self._conn.execute(
-                    "SELECT id, client, created_at FROM deliveries WHERE state = 'pending' ORDER BY created_at, rowid"
+                    "SELECT id, client, created_at FROM deliveries WHERE state = 'pending' ORDER BY created_at, rowid" + tail, extra
                 ).fetchall()
             return self._conn.execute(
-                "SELECT id, client, created_at FROM deliveries WHERE state = 'pending' AND client = ? ORDER BY created_at, rowid", (client,)
+                "SELECT id, client, created_at FROM deliveries WHERE state = 'pending' AND client = ? ORDER BY created_at, rowid" + tail, (client, *extra)
             ).fetchall()
 
         return await self._run(read)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import html
+import importlib.util
 import json
 import logging
 import sys
@@ -46,6 +47,13 @@ from figrelay_pagerduty import PagerDutyOptions, PagerDutyTarget
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 FOLDER = "docs/pagerduty"
+
+
+_spec = importlib.util.spec_from_file_location("generated_files", HERE / "generated_files.py")
+assert _spec is not None and _spec.loader is not None
+_generated = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_generated)
+"""docs/generated_files.py, loaded from its file: this script is run, or loaded from its file by a test."""
 PAGE = "docs/pagerduty.md"
 ROUTING_KEY = "e93facc04764012d7bfb002500d5d1a6"
 """The example routing key of PagerDuty's Events API v2 documentation."""
@@ -236,36 +244,13 @@ def artefacts() -> dict[str, str]:
 
 
 def differences(produced: Mapping[str, str], root: Path = REPO) -> list[str]:
-    """What differs between the files under ``root`` and ``produced``, one line each."""
-    out = []
-    for path, content in sorted(produced.items()):
-        file = root / path
-        if not file.exists():
-            out.append(f"{path} is missing")
-        elif file.read_bytes() != content.encode("utf-8"):
-            out.append(f"{path} differs from what the code produces")
-    for file in sorted((root / FOLDER).glob("*")) if (root / FOLDER).is_dir() else []:
-        path = f"{FOLDER}/{file.name}"
-        if path not in produced:
-            out.append(f"{path} is no longer produced by the code")
-    return out
+    """What differs between the files in ``root`` and ``produced``, one line each."""
+    return _generated.differences(produced, root, FOLDER)
 
 
 def write(produced: Mapping[str, str], root: Path = REPO) -> list[str]:
     """Write what changed and delete what is no longer produced; what was done, one line each."""
-    done = []
-    for path, content in sorted(produced.items()):
-        file = root / path
-        if not file.exists() or file.read_bytes() != content.encode("utf-8"):
-            file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_bytes(content.encode("utf-8"))
-            done.append(f"wrote {path}")
-    for file in sorted((root / FOLDER).glob("*")):
-        path = f"{FOLDER}/{file.name}"
-        if path not in produced:
-            file.unlink()
-            done.append(f"deleted {path}")
-    return done
+    return _generated.write(produced, root, FOLDER)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,6 +72,13 @@ from figrelay.testing import http_receiver
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 IMG = "docs/img"
+
+
+_spec = importlib.util.spec_from_file_location("generated_files", HERE / "generated_files.py")
+assert _spec is not None and _spec.loader is not None
+_generated = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_generated)
+"""docs/generated_files.py, loaded from its file: this script is run, or loaded from its file by a test."""
 MESSAGES_MD = "docs/messages.md"
 CREATED_AT = 1748781296.0  # 2025-06-01 12:34:56 UTC, the sample events' time
 MIN_SESSIONS = 2  # the README's example hook
@@ -436,35 +443,12 @@ GENERATED_IN_IMG = re.compile(r"^(slack|teams|email)-[\w.-]+\.(json|txt|html)$")
 
 def differences(produced: dict[str, str], root: Path = REPO) -> list[str]:
     """What differs between the files in ``root`` and ``produced``, one line each."""
-    out = []
-    for path, content in sorted(produced.items()):
-        file = root / path
-        if not file.exists():
-            out.append(f"{path} is missing")
-        elif file.read_bytes() != content.encode("utf-8"):
-            out.append(f"{path} differs from what the code produces")
-    for file in sorted((root / IMG).glob("*")):
-        path = f"{IMG}/{file.name}"
-        if GENERATED_IN_IMG.match(file.name) and path not in produced:
-            out.append(f"{path} is no longer produced by the code")
-    return out
+    return _generated.differences(produced, root, IMG, lambda name: GENERATED_IN_IMG.match(name) is not None)
 
 
 def write(produced: dict[str, str], root: Path = REPO) -> list[str]:
     """Write what changed, delete what is no longer produced; returns what was done."""
-    done = []
-    for path, content in sorted(produced.items()):
-        file = root / path
-        if not file.exists() or file.read_bytes() != content.encode("utf-8"):
-            file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_bytes(content.encode("utf-8"))  # as bytes: no newline translation
-            done.append(f"wrote {path}")
-    for file in sorted((root / IMG).glob("*")):
-        path = f"{IMG}/{file.name}"
-        if GENERATED_IN_IMG.match(file.name) and path not in produced:
-            file.unlink()
-            done.append(f"deleted {path} (no longer produced)")
-    return done
+    return _generated.write(produced, root, IMG, lambda name: GENERATED_IN_IMG.match(name) is not None)
 
 
 def _pictures_module() -> Any:
